@@ -1,0 +1,136 @@
+"""The daemon's TOML configuration, as pydantic models.
+
+The daemon loads ``defaults/default.toml`` (the built-in simulated providers and
+their pool) and merges the user's file over it. Both the daemon and the console
+import these types; nothing here imports either.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ProviderKind = Literal["anthropic", "openai", "openai-compatible"]
+
+
+class DaemonSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = 8787
+    max_body_mb: float = 32.0
+    # Seconds to wait for an upstream's first byte and between streamed chunks.
+    upstream_connect_timeout_s: float = 10.0
+    upstream_read_timeout_s: float = 600.0
+    # Retries of 429/529/5xx before the first byte reaches the client, then fallback.
+    max_retries: int = 2
+    retry_max_wait_s: float = 4.0
+    # Without team keys, any client credential is accepted (loopback only).
+    local_open: bool = True
+    strip_attribution_header: bool = True
+
+
+class SimSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    # Multiplies every simulated delay; 0 turns pacing off (tests), 1 is realistic.
+    time_scale: float = 1.0
+    # Fixed port for the simulator's loopback server (0 = pick a free one).
+    port: int = 0
+
+
+class ProviderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: ProviderKind
+    # "sim" means the built-in simulator the daemon starts on loopback.
+    base_url: str
+    # Where the provider key lives: "keyring:<name>", "env:<VAR>", or "" (none needed).
+    key: str = ""
+    # Extra headers sent upstream on every request (never secrets; use ``key``).
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Wire formats this upstream speaks; defaults by kind.
+    formats: list[Literal["anthropic", "chat", "responses"]] | None = None
+    max_connections: int = 256
+
+    def wire_formats(self) -> list[str]:
+        if self.formats:
+            return list(self.formats)
+        return {
+            "anthropic": ["anthropic"],
+            "openai": ["responses", "chat"],
+            "openai-compatible": ["chat"],
+        }[self.kind]
+
+
+class ModelConfig(BaseModel):
+    """A model in the pool. Unset prices/limits come from the catalog entry
+    ``catalog`` (default: the model's upstream id, then its name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    upstream_id: str | None = None
+    catalog: str | None = None
+    enabled: bool = True
+    input: float | None = None
+    output: float | None = None
+    cache_read: float | None = None
+    cache_write_5m: float | None = None
+    cache_write_1h: float | None = None
+    min_cache_prefix: int | None = None
+    context_window: int | None = None
+    max_output: int | None = None
+    tools: bool | None = None
+    vision: bool | None = None
+    thinking: bool | None = None
+    quality: float | None = None
+
+
+class PoolConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: list[str]
+    default: bool = False
+
+
+class Objective(BaseModel):
+    """Weights the console's sliders set; routing issue #3 consumes them."""
+
+    model_config = ConfigDict(extra="forbid")
+    cost: float = Field(0.5, ge=0, le=1)
+    quality: float = Field(0.5, ge=0, le=1)
+    latency: float = Field(0.2, ge=0, le=1)
+
+
+class RoutingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    objective: Objective = Field(default_factory=Objective)
+    # When the requested model is itself in a pool, serve it as asked.
+    honour_requested_model: bool = True
+    # Candidates tried in order when the chosen model is rate-limited or down.
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class LedgerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # SQLAlchemy URL; empty = SQLite file in the data dir.
+    url: str = ""
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    sim: SimSettings = Field(default_factory=SimSettings)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
+    # Requested model name (glob patterns allowed) -> model or pool name.
+    aliases: dict[str, str] = Field(default_factory=dict)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        for name in v:
+            if not name or "*" in name:
+                raise ValueError(f"invalid model name {name!r}")
+        return v
