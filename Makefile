@@ -1,0 +1,35 @@
+# Two commands on a fresh machine (only Python 3.11+ needed):
+#   make run    set up and run Switchman on the embedded defaults (SQLite, simulated providers)
+#   make test   set up and run the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench setup setup-dev clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q -e ".[gui]"
+
+setup-dev: $(BIN)/python
+	bash scripts/system-deps.sh
+	$(BIN)/pip install -q -e ".[gui,dev]"
+
+run: setup
+	$(BIN)/switchman daemon $(ARGS)
+
+test: setup-dev
+	$(BIN)/ruff check .
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest
+
+lint: setup-dev
+	$(BIN)/ruff check .
+
+bench: setup-dev
+	$(BIN)/python tests/bench/bench_proxy.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,153 @@
+"""Daemon assembly: config -> registry, router, upstreams, ledger, simulator ->
+one aiohttp application, and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from switchman_daemon import paths
+from switchman_daemon.ledger import Ledger
+from switchman_daemon.ledger_addon import LedgerAddon
+from switchman_daemon.models import ModelRegistry
+from switchman_daemon.providers.upstream import Upstream, make_session
+from switchman_daemon.proxy.flow import Addon, Flow
+from switchman_daemon.proxy.handlers import CTX, add_routes, errors_middleware
+from switchman_daemon.proxy.relay import Relay
+from switchman_daemon.routing.router import Router
+from switchman_shared.config_schema import Config
+
+log = logging.getLogger("switchman.daemon")
+
+
+@dataclass
+class DaemonContext:
+    """Everything a request handler needs, built once at start."""
+
+    config: Config
+    registry: ModelRegistry
+    router: Router
+    upstreams: dict[str, Upstream]
+    ledger: Ledger
+    addons: list[Addon] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    relay: Relay = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.relay = Relay(self)
+
+    @property
+    def body_limit(self) -> int:
+        return int(self.config.daemon.max_body_mb * 1024 * 1024)
+
+    def open_flow(self, flow: Flow) -> None:
+        for a in self.addons:
+            try:
+                a.flow_opened(flow)
+            except Exception:
+                log.exception("addon %s failed on open", type(a).__name__)
+
+    def close_flow(self, flow: Flow) -> None:
+        for a in self.addons:
+            try:
+                a.flow_closed(flow)
+            except Exception:
+                log.exception("addon %s failed on close", type(a).__name__)
+
+
+class Daemon:
+    """The running daemon. ``await start()`` binds the port; ``await stop()`` drains."""
+
+    def __init__(self, config: Config, data_dir: Path | None = None) -> None:
+        self.config = config
+        self.data_dir = paths.data_dir(data_dir)
+        self.ctx: DaemonContext | None = None
+        self._runner: web.AppRunner | None = None
+        self._sim_runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.sim_port: int | None = None
+
+    async def _start_sim(self) -> str:
+        from switchman_daemon.sim import create_sim_app
+
+        app = create_sim_app(time_scale=self.config.sim.time_scale)
+        self._sim_runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._sim_runner.setup()
+        site = web.TCPSite(self._sim_runner, "127.0.0.1", self.config.sim.port)
+        await site.start()
+        self.sim_port = self._sim_runner.addresses[0][1]
+        return f"http://127.0.0.1:{self.sim_port}"
+
+    async def start(self, host: str | None = None, port: int | None = None) -> int:
+        cfg = self.config
+        sim_base: str | None = None
+        if cfg.sim.enabled and any(p.base_url == "sim" for p in cfg.providers.values()):
+            sim_base = await self._start_sim()
+        upstreams: dict[str, Upstream] = {}
+        for name, pc in cfg.providers.items():
+            if pc.base_url == "sim":
+                if sim_base is None:
+                    continue
+                base = sim_base if pc.kind == "anthropic" else sim_base + "/v1"
+            else:
+                base = pc.base_url
+            upstreams[name] = Upstream(name, pc, base, make_session(pc, cfg.daemon))
+        registry = ModelRegistry(cfg)
+        ledger = Ledger(cfg.ledger.url or paths.ledger_url(self.data_dir))
+        recovered = ledger.recover_interrupted()
+        if recovered:
+            log.warning("marked %d request(s) left open by a previous run as interrupted",
+                        recovered)
+        ledger.start()
+        self.ctx = DaemonContext(cfg, registry, Router(cfg, registry), upstreams, ledger)
+        self.ctx.addons.append(LedgerAddon(ledger))
+
+        app = web.Application(
+            client_max_size=self.ctx.body_limit + 1024, middlewares=[errors_middleware]
+        )
+        app[CTX] = self.ctx
+        add_routes(app)
+        # handler_cancellation: a client that goes away cancels its handler, which
+        # closes the upstream request instead of letting it run to the end.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host or cfg.daemon.host,
+                           cfg.daemon.port if port is None else port, backlog=1024)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("switchman listening on http://%s:%s (%d models, providers: %s)",
+                 host or cfg.daemon.host, self.port, len(registry.models),
+                 ", ".join(sorted(upstreams)))
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.ctx is not None:
+            for up in self.ctx.upstreams.values():
+                await up.session.close()
+            self.ctx.ledger.stop()
+        if self._sim_runner is not None:
+            await self._sim_runner.cleanup()
+
+
+async def serve_forever(daemon: Daemon, host: str | None, port: int | None) -> None:
+    await daemon.start(host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows
+            pass
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await daemon.stop()

@@ -1,0 +1,121 @@
+"""The ``switchman`` command.
+
+``switchman daemon`` runs the router in the foreground. ``switchman ledger export``
+writes the request ledger as CSV or JSONL. Admin verbs (keys, budgets, policy)
+arrive with the gRPC admin plane and will talk to the daemon only through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from switchman_daemon import __version__
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _config_path(arg: str | None) -> Path | None:
+    if arg:
+        return Path(arg)
+    from switchman_daemon.paths import config_file
+
+    p = config_file()
+    return p if p.exists() else None
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from switchman_daemon.app import Daemon, serve_forever
+    from switchman_daemon.config import ConfigError, load_config
+
+    _setup_logging(args.log_level)
+    overrides: dict = {}
+    if args.sim_time_scale is not None:
+        overrides["sim"] = {"time_scale": args.sim_time_scale}
+    try:
+        config = load_config(_config_path(args.config), overrides=overrides)
+    except ConfigError as e:
+        print(f"switchman: {e}", file=sys.stderr)
+        return 2
+    daemon = Daemon(config, Path(args.data_dir) if args.data_dir else None)
+    try:
+        asyncio.run(serve_forever(daemon, args.host, args.port))
+    except OSError as e:
+        print(f"switchman: cannot listen on {args.host}:{args.port}: {e.strerror}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_ledger_export(args: argparse.Namespace) -> int:
+    from switchman_daemon import paths
+    from switchman_daemon.config import ConfigError, load_config
+    from switchman_daemon.ledger.export import export, parse_since
+
+    try:
+        config = load_config(_config_path(args.config))
+    except ConfigError as e:
+        print(f"switchman: {e}", file=sys.stderr)
+        return 2
+    url = config.ledger.url or paths.ledger_url(
+        paths.data_dir(Path(args.data_dir) if args.data_dir else None))
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as e:
+        print(f"switchman: --since: {e}", file=sys.stderr)
+        return 2
+    if args.output and args.output != "-":
+        with open(args.output, "w", newline="", encoding="utf-8") as out:
+            n = export(url, args.format, out, since=since)
+    else:
+        n = export(url, args.format, sys.stdout, since=since)
+    print(f"exported {n} rows", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="switchman", description="Cache-aware model router "
+                                "for coding agents.")
+    p.add_argument("--version", action="version", version=f"switchman {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("daemon", help="run the router daemon in the foreground")
+    d.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    d.add_argument("--port", type=int, default=None, help="listen port (default 8787)")
+    d.add_argument("--data-dir", default=None, help="ledger and state directory")
+    d.add_argument("--config", default=None, help="TOML config merged over the defaults")
+    d.add_argument("--log-level", default="info")
+    d.add_argument("--sim-time-scale", type=float, default=None,
+                   help="scale the simulated providers' delays (0 = instant)")
+    d.set_defaults(func=cmd_daemon)
+
+    lg = sub.add_parser("ledger", help="the request ledger")
+    lsub = lg.add_subparsers(dest="ledger_command", required=True)
+    ex = lsub.add_parser("export", help="export ledger rows")
+    ex.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    ex.add_argument("--since", default=None, help="e.g. 2026-11-01, 24h, 7d")
+    ex.add_argument("--output", "-o", default=None, help="file (default stdout)")
+    ex.add_argument("--data-dir", default=None)
+    ex.add_argument("--config", default=None)
+    ex.set_defaults(func=cmd_ledger_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,403 @@
+"""The ledger: non-blocking enqueue on the hot path, batched writes on a thread.
+
+``open()``/``close()`` only put the record on a ``queue.SimpleQueue`` (a C-level,
+lock-free-for-the-caller FIFO), so the event loop never waits on the database. One
+writer thread wakes on the first queued record, lets a short window (50 ms) fill,
+then writes everything queued in transactions of at most 500 records: one
+executemany INSERT for the opens, then one executemany UPDATE for the closes, so an
+open and its close in the same batch both apply, open first.
+
+Durability: a record is on disk once its batch commits, i.e. within ~50 ms plus the
+commit. A hard crash loses at most that window; ``recover_interrupted()`` then marks
+the rows that were opened but never closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .records import RequestClose, RequestOpen
+from .schema import REQUEST_COLUMNS, ensure_schema, make_engine, requests
+
+log = logging.getLogger("switchman.ledger")
+
+_OPEN_FIELDS = tuple(RequestOpen.__slots__)  # type: ignore[attr-defined]
+_CLOSE_FIELDS = tuple(RequestClose.__slots__)  # type: ignore[attr-defined]
+_CLOSE_KEEP_IF_NONE = ("served_model", "provider", "upstream_format")
+
+# Bind names carry a prefix: SQLAlchemy reserves a column's own name in SET clauses.
+_UPDATE_CLOSE = (
+    sa.update(requests)
+    .where(requests.c.id == sa.bindparam("b_id"))
+    .values(
+        {
+            name: (
+                sa.func.coalesce(
+                    sa.bindparam(f"b_{name}", type_=requests.c[name].type), requests.c[name]
+                )
+                if name in _CLOSE_KEEP_IF_NONE
+                else sa.bindparam(f"b_{name}", type_=requests.c[name].type)
+            )
+            for name in _CLOSE_FIELDS
+            if name != "id"
+        }
+    )
+)
+
+_TOKEN_KINDS = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+)
+
+# Ids opened (and committed) by this process whose close has not arrived; a close for
+# one of them needs no existence check. Capped so forgotten closes cannot grow it
+# without bound; past the cap we just fall back to checking the database.
+_KNOWN_OPEN_CAP = 100_000
+
+
+class _Flush:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Stop(_Flush):
+    __slots__ = ()
+
+
+class Ledger:
+    """One row per proxied request, written in batches by a background thread."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_interval: float = 0.05,
+        max_batch: int = 500,
+    ) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        ensure_schema(self.engine)
+        self.batch_interval = batch_interval
+        self.max_batch = max_batch
+        # Rows opened before this instant belong to an earlier process (see
+        # recover_interrupted); rows this process opens later are never touched.
+        self.created_at = time.time()
+        self.write_errors = 0  # records dropped after a failed write; for health checks
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._put = self._q.put
+        self._qsize = self._q.qsize
+        self._poke = threading.Event()  # cuts the batching window short
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._known_open: set[str] = set()
+
+    # ---- hot path -------------------------------------------------------------
+
+    def open(self, rec: RequestOpen) -> None:
+        """Enqueue the start of a request. Never blocks; safe from any thread."""
+        if self._stopped:
+            log.warning("ledger stopped; dropping open for request %s", rec.id)
+            return
+        self._put(rec)
+        if self._qsize() >= self.max_batch and not self._poke.is_set():
+            self._poke.set()
+
+    def close(self, rec: RequestClose) -> None:
+        """Enqueue the end of a request. Never blocks; safe from any thread."""
+        if self._stopped:
+            log.warning("ledger stopped; dropping close for request %s", rec.id)
+            return
+        self._put(rec)
+        if self._qsize() >= self.max_batch and not self._poke.is_set():
+            self._poke.set()
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread. Records enqueued before this are kept and written."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="switchman-ledger", daemon=True)
+        self._thread.start()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Block until every record enqueued before this call is committed (or dropped
+        after a logged write error). Raises TimeoutError if that takes longer than
+        ``timeout`` and RuntimeError if the writer thread is not running."""
+        if self._thread is None or not self._thread.is_alive():
+            raise RuntimeError("ledger writer is not running; call start() first")
+        marker = _Flush()
+        self._put(marker)
+        self._poke.set()
+        if not marker.done.wait(timeout):
+            raise TimeoutError(f"ledger flush did not finish within {timeout} s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write everything queued, stop the writer thread and release the engine."""
+        if self._stopped:
+            return
+        if self._thread is None and self._qsize():
+            self.start()  # records queued but never written: write them now
+        self._stopped = True
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            marker = _Stop()
+            self._put(marker)
+            self._poke.set()
+            if not marker.done.wait(timeout):
+                log.error("ledger writer did not stop within %s s; records may be lost", timeout)
+            thread.join(timeout)
+        self.engine.dispose()
+
+    def recover_interrupted(self, before: float | None = None) -> int:
+        """Mark rows left "open" by an earlier process (e.g. after a crash) as
+        "interrupted", ending now. Returns how many rows changed.
+
+        Only rows started before ``before`` (default: when this Ledger was created)
+        are touched, so requests this process is serving stay open.
+        """
+        cutoff = self.created_at if before is None else before
+        now = time.time()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(requests)
+                .where(requests.c.status == "open", requests.c.started_at < cutoff)
+                .values(status="interrupted", ended_at=now)
+            )
+        count = result.rowcount or 0
+        if count:
+            log.warning("marked %d ledger rows from an earlier run as interrupted", count)
+        return count
+
+    # ---- reads ----------------------------------------------------------------
+
+    def iter_rows(self, since: float | None = None, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+        """Stream rows oldest first, as dicts in table column order."""
+        stmt = sa.select(requests).order_by(requests.c.started_at, requests.c.id)
+        if since is not None:
+            stmt = stmt.where(requests.c.started_at >= since)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=chunk).execute(stmt)
+            for row in result.mappings():
+                yield dict(row)
+
+    def rows(
+        self, since: float | None = None, limit: int | None = None, *, newest_first: bool = False
+    ) -> list[dict[str, Any]]:
+        """Rows started at or after ``since``; oldest first unless ``newest_first``
+        (with ``limit``, that gives the most recent N)."""
+        order = (
+            (requests.c.started_at.desc(), requests.c.id.desc())
+            if newest_first
+            else (requests.c.started_at, requests.c.id)
+        )
+        stmt = sa.select(requests).order_by(*order)
+        if since is not None:
+            stmt = stmt.where(requests.c.started_at >= since)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def totals(self, since: float | None = None) -> dict[str, Any]:
+        """Aggregate counts, cost and tokens for rows started at or after ``since``.
+
+        ``cache_hit_rate`` is cache-read tokens over the whole prompt (uncached +
+        cache read + both kinds of cache write); 0.0 when there were no input tokens.
+        """
+        c = requests.c
+        cols = [
+            sa.func.count().label("requests"),
+            sa.func.sum(sa.case((c.status == "error", 1), else_=0)).label("errors"),
+            sa.func.sum(c.cost_usd).label("cost_usd"),
+            sa.func.sum(c.baseline_cost_usd).label("baseline_cost_usd"),
+            *(sa.func.sum(c[k]).label(k) for k in _TOKEN_KINDS),
+        ]
+        stmt = sa.select(*cols)
+        if since is not None:
+            stmt = stmt.where(c.started_at >= since)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().one()
+        out: dict[str, Any] = {
+            "requests": int(row["requests"] or 0),
+            "errors": int(row["errors"] or 0),
+            "cost_usd": float(row["cost_usd"] or 0.0),
+            "baseline_cost_usd": float(row["baseline_cost_usd"] or 0.0),
+        }
+        for k in _TOKEN_KINDS:
+            out[k] = int(row[k] or 0)
+        prompt = (
+            out["input_tokens"]
+            + out["cache_read_tokens"]
+            + out["cache_write_tokens"]
+            + out["cache_write_1h_tokens"]
+        )
+        out["prompt_tokens"] = prompt
+        out["cache_hit_rate"] = out["cache_read_tokens"] / prompt if prompt else 0.0
+        return out
+
+    # ---- writer thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        q = self._q
+        batch: list[RequestOpen | RequestClose] = []
+        while True:
+            item = q.get()
+            try:
+                if not isinstance(item, _Flush):
+                    # Let the batch fill briefly; flush()/stop()/a full queue cut it short.
+                    self._poke.wait(self.batch_interval)
+                self._poke.clear()
+                while True:
+                    if isinstance(item, _Flush):
+                        self._write(batch)
+                        item.done.set()
+                        if isinstance(item, _Stop):
+                            return
+                    else:
+                        batch.append(item)
+                        if len(batch) >= self.max_batch:
+                            self._write(batch)
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        break
+                self._write(batch)
+            except Exception:  # pragma: no cover - _write already swallows write errors
+                log.exception("ledger writer loop error; continuing")
+                batch.clear()
+
+    def _write(self, batch: list[RequestOpen | RequestClose]) -> None:
+        """Commit ``batch`` in one transaction (clearing it); never raises."""
+        if not batch:
+            return
+        try:
+            try:
+                with self.engine.begin() as conn:
+                    done = self._apply(conn, batch)
+                self._remember(*done)
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                # Retry one by one so a single bad record does not lose its neighbours.
+                log.warning(
+                    "ledger batch of %d failed; retrying records one by one",
+                    len(batch),
+                    exc_info=True,
+                )
+                for rec in batch:
+                    try:
+                        with self.engine.begin() as conn:
+                            done = self._apply(conn, [rec])
+                        self._remember(*done)
+                    except Exception:
+                        self.write_errors += 1
+                        log.exception(
+                            "ledger dropped %s for request %s",
+                            type(rec).__name__,
+                            getattr(rec, "id", "?"),
+                        )
+        except Exception:
+            self.write_errors += 1
+            rec = batch[0]
+            log.exception(
+                "ledger dropped %s for request %s", type(rec).__name__, getattr(rec, "id", "?")
+            )
+        finally:
+            batch.clear()
+
+    def _apply(
+        self, conn: Connection, batch: list[RequestOpen | RequestClose]
+    ) -> tuple[list[str], list[str]]:
+        """Run the batch's statements; returns (opened ids, closed ids)."""
+        opens: list[dict[str, Any]] = []
+        closes: list[dict[str, Any]] = []
+        for rec in batch:
+            if type(rec) is RequestOpen:
+                opens.append(_open_params(rec))
+            elif type(rec) is RequestClose:
+                closes.append(_close_params(rec))
+            else:
+                raise TypeError(f"ledger got {type(rec).__name__}, not RequestOpen/RequestClose")
+
+        if closes:
+            opened_here = {p["id"] for p in opens}
+            unknown = [
+                p["b_id"]
+                for p in closes
+                if p["b_id"] not in opened_here and p["b_id"] not in self._known_open
+            ]
+            if unknown:
+                # Defensive: a close whose open was never recorded (dropped, or from a
+                # caller bug) still gets a row, so its tokens and cost are not lost.
+                present = set(
+                    conn.execute(
+                        sa.select(requests.c.id).where(requests.c.id.in_(unknown))
+                    ).scalars()
+                )
+                stubs = {}
+                for p in closes:
+                    if p["b_id"] in unknown and p["b_id"] not in present:
+                        stubs[p["b_id"]] = _stub_params(p)
+                if stubs:
+                    log.warning("ledger: %d close(s) without an open; inserting rows", len(stubs))
+                    conn.execute(sa.insert(requests), list(stubs.values()))
+            conn.execute(_UPDATE_CLOSE, closes)
+        if opens:
+            conn.execute(sa.insert(requests), opens)
+        return [p["id"] for p in opens], [p["b_id"] for p in closes]
+
+    def _remember(self, opened: list[str], closed: list[str]) -> None:
+        # Called only after a commit, so the set never vouches for an uncommitted row.
+        known = self._known_open
+        if len(known) > _KNOWN_OPEN_CAP:
+            known.clear()
+        known.update(opened)
+        known.difference_update(closed)
+
+
+def _json(decision: str | Mapping[str, Any] | None) -> str | None:
+    if decision is None or isinstance(decision, str):
+        return decision
+    return json.dumps(decision, separators=(",", ":"), default=str)
+
+
+def _open_params(rec: RequestOpen) -> dict[str, Any]:
+    params = {name: getattr(rec, name) for name in _OPEN_FIELDS}
+    params["decision"] = _json(rec.decision)
+    params["stream"] = bool(rec.stream)
+    params["status"] = "open"
+    return params
+
+
+def _close_params(rec: RequestClose) -> dict[str, Any]:
+    return {f"b_{name}": getattr(rec, name) for name in _CLOSE_FIELDS}
+
+
+def _stub_params(close: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": close["b_id"],
+        "started_at": close["b_ended_at"],
+        "client": "",
+        "client_format": "unknown",
+        "requested_model": close["b_served_model"] or "",
+        "stream": False,
+        "status": "open",
+    }
+
+
+__all__ = ["REQUEST_COLUMNS", "Ledger"]

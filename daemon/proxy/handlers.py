@@ -1,0 +1,244 @@
+"""HTTP ingress: the routes agents call, each ending in the relay or a local answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from switchman_daemon import __version__
+from switchman_daemon.errors import ApiError, ErrorKind, WireFormat
+from switchman_daemon.models import UnknownModel
+from switchman_daemon.proxy.bodies import read_json
+from switchman_daemon.proxy.flow import Flow
+from switchman_daemon.proxy.relay import error_response
+from switchman_daemon.routing.router import NoCandidate
+from switchman_daemon.routing.signals import read_signals
+from switchman_daemon.tokens import estimate_request_tokens
+
+if TYPE_CHECKING:
+    from switchman_daemon.app import DaemonContext
+
+log = logging.getLogger("switchman.ingress")
+
+CTX: web.AppKey[DaemonContext] = web.AppKey("switchman_ctx")
+
+
+def _check_shape(fmt: WireFormat, body: dict[str, Any]) -> None:
+    """The few fields every request needs, checked before routing. Deeper
+    validation is the upstream's (same format) or the codec's (translated)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(ErrorKind.invalid_request, "model: field required (a non-empty string)",
+                       param="model")
+    if fmt == "responses":
+        inp = body.get("input")
+        if not isinstance(inp, str | list):
+            raise ApiError(ErrorKind.invalid_request,
+                           "input: field required (a string or a list of items)", param="input")
+    else:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list):
+            raise ApiError(ErrorKind.invalid_request, "messages: field required (a list)",
+                           param="messages")
+        if fmt == "anthropic":
+            mt = body.get("max_tokens")
+            if not isinstance(mt, int) or isinstance(mt, bool) or mt < 1:
+                raise ApiError(ErrorKind.invalid_request,
+                               "max_tokens: field required (a positive integer)",
+                               param="max_tokens")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(ErrorKind.invalid_request, "stream: must be a boolean", param="stream")
+
+
+def proxy_handler(fmt: WireFormat) -> Any:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = request.app[CTX]
+        try:
+            body, size = await read_json(request, ctx.body_limit)
+            _check_shape(fmt, body)
+            signals = read_signals(fmt, body, request.headers, size)
+            decision = ctx.router.choose(signals)
+        except ApiError as e:
+            return error_response(fmt, e)
+        except UnknownModel as e:
+            return error_response(fmt, ApiError(
+                ErrorKind.not_found,
+                f"model {e.args[0]!r} is not in any pool and matches no alias; "
+                "GET /v1/models lists what this daemon serves",
+                param="model"))
+        except NoCandidate as e:
+            return error_response(fmt, ApiError(ErrorKind.invalid_request, str(e), param="model"))
+        flow = Flow(client_format=fmt, signals=signals, decision=decision)
+        if fmt == "chat":
+            so = body.get("stream_options")
+            flow.notes["client_include_usage"] = isinstance(so, dict) and bool(
+                so.get("include_usage"))
+        ctx.open_flow(flow)
+        try:
+            return await ctx.relay.forward(request, flow, body)
+        except ApiError as e:
+            flow.status, flow.http_status, flow.error = "error", e.status, e.message
+            return error_response(fmt, e, flow.id)
+        except asyncio.CancelledError:
+            flow.status, flow.error = "cancelled", "client disconnected"
+            raise
+        except Exception:
+            # The daemon never crashes on a request; the client gets a clean error.
+            log.exception("unexpected error handling %s request %s", fmt, flow.id)
+            flow.status, flow.http_status = "error", 500
+            flow.error = "internal error in the router"
+            return error_response(fmt, ApiError(
+                ErrorKind.api_error, "internal error in the router; see the daemon log "
+                f"(request {flow.id})"), flow.id)
+        finally:
+            if flow.status == "open":
+                flow.status = "error"
+            flow.latency_ms = (time.perf_counter() - flow.t0) * 1000.0
+            ctx.close_flow(flow)
+
+    return handle
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """Anthropic's count_tokens: forwarded when the routed model is served by an
+    Anthropic upstream, else counted locally (never a fake 0)."""
+    ctx = request.app[CTX]
+    try:
+        body, size = await read_json(request, ctx.body_limit)
+        if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
+            raise ApiError(ErrorKind.invalid_request,
+                           "model and messages are required", param="messages")
+        signals = read_signals("anthropic", body, request.headers, size)
+        decision = ctx.router.choose(signals)
+    except ApiError as e:
+        return error_response("anthropic", e)
+    except (UnknownModel, NoCandidate) as e:
+        return error_response("anthropic", ApiError(
+            ErrorKind.not_found, f"model {body.get('model')!r} is not served here",
+            param="model")) if isinstance(e, UnknownModel) else error_response(
+            "anthropic", ApiError(ErrorKind.invalid_request, str(e)))
+    model = decision.model
+    up = ctx.upstreams[model.provider]
+    if "anthropic" in up.formats():
+        out = dict(body)
+        out["model"] = model.upstream_id
+        try:
+            uresp = await up.post("count_tokens", orjson.dumps(out),
+                                  up.headers("count_tokens", request.headers))
+            async with uresp:
+                data = await uresp.read()
+                if uresp.status == 200:
+                    return web.Response(body=data, content_type="application/json")
+                log.info("count_tokens upstream HTTP %s; counting locally", uresp.status)
+        except Exception as e:  # fall back to the local estimate
+            log.info("count_tokens upstream failed (%s); counting locally", type(e).__name__)
+    return web.json_response({"input_tokens": estimate_request_tokens(body)},
+                             dumps=lambda o: orjson.dumps(o).decode())
+
+
+def _wants_anthropic(request: web.Request) -> bool:
+    h = request.headers
+    return "anthropic-version" in h or ("x-api-key" in h and "authorization" not in h)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    names = [m.name for m in ctx.registry.visible()] + list(ctx.registry.pools)
+    created = int(ctx.started_at)
+    if _wants_anthropic(request):
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ctx.started_at))
+        data = [{"type": "model", "id": n, "display_name": n, "created_at": iso} for n in names]
+        return web.json_response({"data": data, "has_more": False,
+                                  "first_id": names[0] if names else None,
+                                  "last_id": names[-1] if names else None})
+    return web.json_response({"object": "list", "data": [
+        {"id": n, "object": "model", "created": created, "owned_by": "switchman"}
+        for n in names]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    name = request.match_info["model"]
+    if name not in ctx.registry.models and name not in ctx.registry.pools:
+        fmt: WireFormat = "anthropic" if _wants_anthropic(request) else "chat"
+        return error_response(fmt, ApiError(ErrorKind.not_found, f"model {name!r} not found"))
+    if _wants_anthropic(request):
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ctx.started_at))
+        return web.json_response({"type": "model", "id": name, "display_name": name,
+                                  "created_at": iso})
+    return web.json_response({"id": name, "object": "model", "created": int(ctx.started_at),
+                              "owned_by": "switchman"})
+
+
+async def root(request: web.Request) -> web.Response:
+    # Claude Code probes HEAD / first; answer fast.
+    if request.method == "HEAD":
+        return web.Response(status=200)
+    return web.json_response({"service": "switchman", "version": __version__})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    return web.json_response({
+        "status": "ok", "version": __version__,
+        "uptime_s": round(time.time() - ctx.started_at, 1),
+        "providers": sorted(ctx.upstreams), "models": len(ctx.registry.models),
+    })
+
+
+async def responses_get(request: web.Request) -> web.Response:
+    """Codex tries Responses over WebSocket first; 426 makes it fall back to
+    HTTP at once (a 404 costs it ~7 s of retries)."""
+    if request.headers.get("upgrade", "").lower() == "websocket":
+        return web.Response(status=426, headers={"upgrade": "HTTP/1.1"}, text=(
+            '{"error":{"message":"WebSocket transport is not supported; use HTTP POST",'
+            '"type":"invalid_request_error","param":null,"code":"upgrade_required"}}'),
+            content_type="application/json")
+    return error_response("responses", ApiError(
+        ErrorKind.not_found, "GET /v1/responses/{id} is not supported: the router keeps no "
+        "server-side response state (send store:false with the full input)"))
+
+
+def _guess_format(request: web.Request) -> WireFormat:
+    if "messages" in request.path or _wants_anthropic(request):
+        return "anthropic"
+    return "responses" if "responses" in request.path else "chat"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Unknown paths and methods answer in the caller's API format."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        return error_response(_guess_format(request), ApiError(
+            ErrorKind.invalid_request, f"method {request.method} is not allowed on {request.path}",
+            status=405))
+    except web.HTTPNotFound:
+        return error_response(_guess_format(request), ApiError(
+            ErrorKind.not_found, f"no such endpoint: {request.method} {request.path}"))
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(_guess_format(request), ApiError(
+            ErrorKind.request_too_large, "request body too large"))
+
+
+def add_routes(app: web.Application) -> None:
+    messages = proxy_handler("anthropic")
+    chat = proxy_handler("chat")
+    responses = proxy_handler("responses")
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/messages", messages)
+        app.router.add_post(f"{prefix}/messages/count_tokens", count_tokens)
+        app.router.add_post(f"{prefix}/chat/completions", chat)
+        app.router.add_post(f"{prefix}/responses", responses)
+        app.router.add_get(f"{prefix}/responses", responses_get)
+        app.router.add_get(f"{prefix}/models", list_models)
+        app.router.add_get(f"{prefix}/models/{{model}}", get_model)
+    app.router.add_route("HEAD", "/", root)
+    app.router.add_get("/", root, allow_head=False)
+    app.router.add_get("/healthz", healthz)

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.running import RunningDaemon
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
+    """A real daemon on 127.0.0.1 with the built-in simulated providers (no delays)."""
+    d = RunningDaemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop()
