@@ -768,3 +768,45 @@ async def test_encoder_stream_error_raises_in_sdk(serve) -> None:
     with pytest.raises(openai.APIError, match="Upstream overloaded"):
         async for _ in await client.chat.completions.create(model="m", messages=MSGS, stream=True):
             pass
+
+
+def test_wrapped_custom_tool_is_unwrapped() -> None:
+    """A Responses custom tool sent to a chat upstream as {"input": s} comes back raw."""
+    patch = "*** Begin Patch\n*** Add File: hello.txt\n+hi\n*** End Patch"
+    args = orjson.dumps({"input": patch}).decode()
+    raw = b"".join(
+        b"data: " + orjson.dumps(c) + b"\n\n"
+        for c in [
+            _chunk({"role": "assistant", "content": ""}),
+            _chunk({"tool_calls": [{"index": 0, "id": "call_P", "type": "function",
+                                    "function": {"name": "apply_patch", "arguments": ""}}]}),
+            *[_chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 9]}}]})
+              for i in range(0, len(args), 9)],
+            _chunk({"tool_calls": [{"index": 1, "id": "call_L", "type": "function",
+                                    "function": {"name": "ls", "arguments": "{}"}}]}),
+            _chunk({}, "tool_calls"),
+        ]
+    ) + b"data: [DONE]\n\n"  # fmt: skip
+    dec, evs = chat.StreamDecoder(custom_tools=frozenset({"apply_patch"})), []
+    for name, data in SSEParser().feed(raw):
+        evs.extend(dec.feed(name, data))
+    assert evs[1:] == [
+        BlockStart(0, "tool_use", tool_id="call_P", tool_name="apply_patch", tool_kind="custom"),
+        BlockDelta(0, json=patch),
+        BlockStop(0),
+        BlockStart(1, "tool_use", tool_id="call_L", tool_name="ls"),
+        BlockDelta(1, json="{}"),
+        BlockStop(1),
+        MessageEnd("tool_use", Usage()),
+    ]
+    body = openai_completion()
+    body["choices"][0]["message"]["tool_calls"][0]["function"] = {
+        "name": "apply_patch",
+        "arguments": args,
+    }
+    resp = chat.parse_response(body, custom_tools=frozenset({"apply_patch"}))
+    assert resp.parts[1] == ToolUsePart("call_9", "apply_patch", patch, kind="custom")
+    # and IR custom call -> chat request wraps it again
+    req = ChatRequest(model="m", messages=[Message("assistant", [resp.parts[1]])])
+    sent = chat.build_request(req, "m", stream=False)["messages"][0]["tool_calls"][0]
+    assert json.loads(sent["function"]["arguments"]) == {"input": patch}

@@ -1,7 +1,7 @@
 """The ledger: non-blocking enqueue on the hot path, batched writes on a thread.
 
-``open()``/``close()`` only put the record on a ``queue.SimpleQueue`` (a C-level,
-lock-free-for-the-caller FIFO), so the event loop never waits on the database. One
+``open()``/``close()`` only put the record on a ``queue.SimpleQueue`` (a C-level
+unbounded FIFO whose put never blocks), so the event loop never waits on the database. One
 writer thread wakes on the first queued record, lets a short window (50 ms) fill,
 then writes everything queued in transactions of at most 500 records: one
 executemany INSERT for the opens, then one executemany UPDATE for the closes, so an
@@ -334,6 +334,8 @@ class Ledger:
             else:
                 raise TypeError(f"ledger got {type(rec).__name__}, not RequestOpen/RequestClose")
 
+        if opens:
+            conn.execute(sa.insert(requests), opens)
         if closes:
             opened_here = {p["id"] for p in opens}
             unknown = [
@@ -357,8 +359,6 @@ class Ledger:
                     log.warning("ledger: %d close(s) without an open; inserting rows", len(stubs))
                     conn.execute(sa.insert(requests), list(stubs.values()))
             conn.execute(_UPDATE_CLOSE, closes)
-        if opens:
-            conn.execute(sa.insert(requests), opens)
         return [p["id"] for p in opens], [p["b_id"] for p in closes]
 
     def _remember(self, opened: list[str], closed: list[str]) -> None:

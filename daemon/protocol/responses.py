@@ -385,9 +385,11 @@ def parse_request(body: dict) -> ChatRequest:
             )
         else:
             # web_search_call, tool_search_call/_output, local_shell_call, compaction,
-            # item_reference...: no IR form. Kept with their input position so a
-            # Responses encoder can put them back; other formats never see them.
-            unmapped.append([i, item])
+            # item_reference...: no IR form. Kept, anchored before the next IR
+            # message, so a Responses encoder can put them back in place; other
+            # formats never see them.
+            unmapped.append([len(messages), item])
+            tail = None  # nothing merges across it, so the anchor stays exact
 
     if unmapped:
         extra["unmapped_items"] = unmapped
@@ -499,7 +501,13 @@ def _arguments(inp: dict[str, Any] | str) -> str:
 def _message_items(req: ChatRequest) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     kinds = {p.id: p.kind for m in req.messages for p in m.parts if isinstance(p, ToolUsePart)}
-    for m in req.messages:
+    # items parse_request could not map, keyed by the IR message they preceded
+    anchored: dict[int, list[dict[str, Any]]] = {}
+    if req.source_format == "responses":
+        for pos, item in req.extra.get("unmapped_items", ()):
+            anchored.setdefault(pos, []).append(item)
+    for k, m in enumerate(req.messages):
+        items.extend(anchored.pop(k, ()))
         if m.role == "system":
             content = _input_content(p for p in m.parts if isinstance(p, TextPart))
             if content:
@@ -564,19 +572,20 @@ def _message_items(req: ChatRequest) -> list[dict[str, Any]]:
                             "arguments": _arguments(p.input),
                         }
                     )
-            elif isinstance(p, ThinkingPart):
-                # Only OpenAI's own encrypted reasoning can be replayed; Anthropic
-                # signatures and plain reasoning text mean nothing to this API.
-                if p.origin == "openai" and p.encrypted:
-                    flush_text()
-                    item: dict[str, Any] = {"type": "reasoning"}
-                    if p.id:
-                        item["id"] = p.id
-                    item["summary"] = [{"type": "summary_text", "text": p.text}] if p.text else []
-                    item["encrypted_content"] = p.encrypted
-                    items.append(item)
+            # Only OpenAI's own encrypted reasoning can be replayed; Anthropic
+            # signatures and plain reasoning text mean nothing to this API.
+            elif isinstance(p, ThinkingPart) and p.origin == "openai" and p.encrypted:
+                flush_text()
+                item: dict[str, Any] = {"type": "reasoning"}
+                if p.id:
+                    item["id"] = p.id
+                item["summary"] = [{"type": "summary_text", "text": p.text}] if p.text else []
+                item["encrypted_content"] = p.encrypted
+                items.append(item)
             # images in assistant turns have no Responses form: dropped
         flush_text()
+    for rest in anchored.values():  # anchored after the last message
+        items.extend(rest)
     return items
 
 
@@ -626,10 +635,6 @@ def build_request(req: ChatRequest, model: str, *, stream: bool) -> dict:
     items.extend(_message_items(req))
 
     same = req.source_format == "responses"
-    if same:
-        for pos, item in req.extra.get("unmapped_items", ()):
-            items.insert(min(pos, len(items)), item)
-
     body: dict[str, Any] = {"model": model, "input": items, "stream": stream, "store": False}
     tools = _tool_defs(req)
     if tools:
@@ -1172,7 +1177,8 @@ class StreamEncoder:
             self.model,
             self._created,
             status,
-            list(self._output) if status != "in_progress" else [],
+            # empty dicts are slots of items still open (a failure mid-block)
+            [o for o in self._output if o] if status != "in_progress" else [],
             usage,
             **kw,
         )
@@ -1375,20 +1381,20 @@ class UsageTap:
         self.error: StreamError | None = None
         self.response_id: str | None = None
 
-    def feed(self, chunk: bytes) -> None:
+    def feed_bytes(self, chunk: bytes) -> None:
         """Feed raw bytes as they are forwarded to the client."""
         if self.done:
             return
         for name, data in self._parser.feed(chunk):
-            self.feed_event(name, data)
+            self.feed(name, data)
 
     def finish(self) -> None:
         """Feed whatever is left when the stream ends without a final blank line."""
         for name, data in self._parser.flush():
-            self.feed_event(name, data)
+            self.feed(name, data)
 
-    def feed_event(self, event: str | None, data: bytes) -> None:
-        """Feed one already-split SSE event."""
+    def feed(self, event: str | None, data: bytes) -> None:
+        """Feed one already-split SSE event (the same call as the other codecs' taps)."""
         if self.done:
             return
         if event is not None:

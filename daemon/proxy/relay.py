@@ -119,7 +119,16 @@ class Relay:
         if not ir_cache:
             ir_cache.append(codec(fmt).parse_request(body))
         req = ir_cache[0]
-        upstream_body = codec(up_fmt).build_request(req, model.upstream_id, stream=req.stream)
+        if up_fmt == "chat":
+            # OpenAI's own reasoning models reject max_tokens; compatible servers
+            # (Ollama, vLLM, DeepSeek) only know max_tokens.
+            field = "max_completion_tokens" if flow.notes.get("upstream_kind") == "openai" \
+                else "max_tokens"
+            upstream_body = codec("chat").build_request(
+                req, model.upstream_id, stream=req.stream, max_tokens_field=field)
+        else:
+            upstream_body = codec(up_fmt).build_request(req, model.upstream_id, stream=req.stream)
+        flow.notes["custom_tools"] = frozenset(t.name for t in req.tools if t.kind == "custom")
         return orjson.dumps(upstream_body)
 
     # -- main entry -----------------------------------------------------------
@@ -136,6 +145,7 @@ class Relay:
             up = self.ctx.upstreams[model.provider]
             formats = up.formats()
             up_fmt = flow.client_format if flow.client_format in formats else formats[0]
+            flow.notes["upstream_kind"] = up.kind
             data = self._body_for(flow, body, model, up_fmt, ir_cache)
             headers = up.headers(up_fmt, request.headers if up_fmt == flow.client_format
                                  or up_fmt == "anthropic" else None)
@@ -248,9 +258,19 @@ class Relay:
             self._account(flow, codec(fmt).usage_from_response(j), model)
             out = data
         else:
-            resp_ir = codec(up_fmt).parse_response(j)
+            if up_fmt == "chat":
+                resp_ir = codec("chat").parse_response(
+                    j, custom_tools=flow.notes.get("custom_tools", frozenset()))
+            else:
+                resp_ir = codec(up_fmt).parse_response(j)
             self._account(flow, resp_ir.usage, model)
-            out = orjson.dumps(codec(fmt).build_response(resp_ir, model.upstream_id))
+            if fmt == "responses":
+                built = codec(fmt).build_response(
+                    resp_ir, model.upstream_id,
+                    custom_tools=flow.notes.get("custom_tools", frozenset()))
+            else:
+                built = codec(fmt).build_response(resp_ir, model.upstream_id)
+            out = orjson.dumps(built)
         flow.status, flow.http_status = "ok", 200
         return web.Response(body=out, content_type="application/json",
                             headers={"x-request-id": flow.id, "x-switchman-model": model.name})
@@ -333,15 +353,22 @@ class Relay:
                     tap.feed(ev, d)
         for ev, d in parser.flush():
             tap.feed(ev, d)
-        self._account(flow, tap.usage, model)
+        if tap.usage is not None:
+            self._account(flow, tap.usage, model)
         if tap.error:
-            flow.status, flow.error = "error", str(tap.error)
+            flow.status = "error"
+            flow.error = str(getattr(tap.error, "message", tap.error))
         elif not tap.done:
             flow.status, flow.error = "error", "upstream stream ended before completion"
 
-    def _encoder(self, fmt: str, model: ModelInfo, include_usage: bool) -> Any:
+    def _encoder(
+        self, fmt: str, model: ModelInfo, include_usage: bool,
+        custom_tools: frozenset[str] = frozenset(),
+    ) -> Any:
         if fmt == "chat":
             return codec("chat").StreamEncoder(model.upstream_id, include_usage=include_usage)
+        if fmt == "responses":
+            return codec("responses").StreamEncoder(model.upstream_id, custom_tools=custom_tools)
         return codec(fmt).StreamEncoder(model.upstream_id)
 
     async def _pipe_translated(
@@ -353,9 +380,14 @@ class Relay:
         up_fmt: str,
         model: ModelInfo,
     ) -> None:
-        dec = codec(up_fmt).StreamDecoder()
+        if up_fmt == "chat":
+            dec = codec("chat").StreamDecoder(
+                custom_tools=flow.notes.get("custom_tools", frozenset()))
+        else:
+            dec = codec(up_fmt).StreamDecoder()
         include_usage = flow.notes.get("client_include_usage", False)
-        enc = self._encoder(flow.client_format, model, include_usage)
+        enc = self._encoder(flow.client_format, model, include_usage,
+                            flow.notes.get("custom_tools", frozenset()))
         usage: Usage | None = None
         ended = False
 

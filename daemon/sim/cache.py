@@ -109,7 +109,9 @@ class CacheTable:
     def tokens_for(self, model: str) -> list[int]:
         """Token sizes of the live entries of `model` (handy in tests)."""
         now = self.clock()
-        return sorted(e.tokens for k, e in self.entries.items() if k[0] == model and e.expires_at > now)
+        return sorted(
+            e.tokens for k, e in self.entries.items() if k[0] == model and e.expires_at > now
+        )
 
     def clear(self) -> None:
         self.entries.clear()

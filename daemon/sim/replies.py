@@ -30,9 +30,9 @@ class Directives:
 
     @property
     def any(self) -> bool:
-        return bool(
-            self.tool or self.error or self.fail_first or self.reply is not None
-        ) or bool(self.slow_ms or self.drop)
+        return bool(self.tool or self.error or self.fail_first or self.reply is not None) or bool(
+            self.slow_ms or self.drop
+        )
 
 
 def parse_directives(text: str) -> tuple[Directives, str]:

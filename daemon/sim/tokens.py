@@ -60,9 +60,8 @@ def part_tokens(part: Any) -> int:
         return IMAGE_TOKENS
     if kind == "document":
         source = part.get("source")
-        if isinstance(source, dict) and isinstance(source.get("data"), str):
-            if source.get("type") == "text":
-                return text_tokens(source["data"])
+        if isinstance(source, dict) and source.get("type") == "text":
+            return text_tokens(str(source.get("data", "")))
         return IMAGE_TOKENS
     for key in _TEXT_KEYS:
         if isinstance(part.get(key), str):
