@@ -57,6 +57,8 @@ class Upstream:
         h: dict[str, str] = {"content-type": "application/json"}
         h.update(self.config.headers)
         key = secrets.resolve(self.config.key)
+        if key is None and self.config.base_url == "sim":
+            key = "sim-no-key-needed"  # the simulator checks a key is present, like a provider
         if fmt in ("anthropic", "count_tokens"):
             if client_headers is not None:
                 for name in _ANTHROPIC_FORWARD:

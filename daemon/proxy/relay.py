@@ -340,7 +340,7 @@ class Relay:
                 out = bytearray()
                 for ev, d in events:
                     tap.feed(ev, d)
-                    if c.is_usage_only_chunk(d):
+                    if tap.is_usage_only_chunk(d):
                         continue
                     out += (b"event: " + ev.encode() + b"\n" if ev else b"") + b"data: " + d + b"\n\n"
                 if out:

@@ -511,13 +511,14 @@ def report(summary: dict[str, dict[str, dict[str, Any]]], rss: dict[str, dict[st
                 if None in (dv, pv, mv):
                     continue
                 p_add, m_add = pv - dv, mv - dv
-                limit = max(ADDED_RATIO * p_add, p_add + max(NOISE_MS, NOISE_FRAC * dv))
+                limit = max(ADDED_RATIO * max(p_add, 0.0),
+                            p_add + max(NOISE_MS, NOISE_FRAC * dv))
                 ok = m_add <= limit
                 name = f"{sc.label} {'TTFB ' if metric == 'ttfb' else ''}added p50"
                 targets.append({"target": name, "daemon": m_add, "passthrough": p_add,
                                 "limit": limit, "pass": ok})
-                w(f"- {'PASS' if ok else 'FAIL'} {name}: daemon +{m_add:.2f} ms vs "
-                  f"pass-through +{p_add:.2f} ms (limit +{limit:.2f})")
+                w(f"- {'PASS' if ok else 'FAIL'} {name}: daemon {m_add:+.2f} ms vs "
+                  f"pass-through {p_add:+.2f} ms (limit {limit:+.2f})")
         p_rps = summary["passthrough"].get("small_c128", {}).get("rps")
         m_rps = summary["daemon"].get("small_c128", {}).get("rps")
         if p_rps and m_rps is not None:
@@ -554,7 +555,7 @@ async def amain(args: argparse.Namespace) -> int:
         os.sched_setaffinity(0, {LOAD_CPU})
     quick = args.quick
     reps = args.reps or (1 if quick else 3)
-    scale = 0.3 if quick else 1.0
+    scale = 0.4 if quick else 1.0
     max_s = 1.5 if quick else 5.0
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()]
     scenarios = SCENARIOS
