@@ -115,7 +115,9 @@ class Daemon:
         add_routes(app)
         # handler_cancellation: a client that goes away cancels its handler, which
         # closes the upstream request instead of letting it run to the end.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, auto_decompress=False
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or cfg.daemon.host,
                            cfg.daemon.port if port is None else port, backlog=1024)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-
 from switchman_shared.config_schema import Config
 
 

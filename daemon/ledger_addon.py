@@ -43,4 +43,6 @@ class LedgerAddon:
             cache_write_1h_tokens=u.cache_write_1h_tokens, output_tokens=u.output_tokens,
             cost_usd=flow.cost_usd, ttfb_ms=flow.ttfb_ms, latency_ms=flow.latency_ms,
             attempts=max(flow.attempts, 1), error=flow.error,
+            # fallbacks append reasons after the open
+            decision=flow.decision.to_json() if flow.decision and flow.attempts > 1 else None,
         ))

@@ -53,7 +53,7 @@ class ModelRegistry:
             upstream = mc.upstream_id or name
             cat: CatalogModel | None = catalog.get(mc.catalog or upstream) or catalog.get(name)
 
-            def pick(field: str, _mc=mc, _cat=cat, _name=name):  # noqa: ANN202
+            def pick(field: str, _mc=mc, _cat=cat, _name=name):
                 v = getattr(_mc, field)
                 if v is not None:
                     return v

@@ -223,13 +223,21 @@ async def test_anthropic_five_breakpoints_rejected(sim: TestClient) -> None:
 async def test_anthropic_moving_breakpoint_reads_previous_turn(sim: TestClient) -> None:
     """Claude Code moves its last breakpoint every turn; lookback still hits."""
     system = [{"type": "text", "text": words(1100), "cache_control": eph()}]
-    turn1 = [{"role": "user", "content": [{"type": "text", "text": words(300, "u"), "cache_control": eph()}]}]
+    turn1 = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": words(300, "u"), "cache_control": eph()}],
+        }
+    ]
     u1 = await claude_usage(sim, {"system": system, "messages": turn1})
     assert u1["cache_creation_input_tokens"] == 1400
     turn2 = [
         {"role": "user", "content": [{"type": "text", "text": words(300, "u")}]},
         {"role": "assistant", "content": [{"type": "text", "text": words(50, "r")}]},
-        {"role": "user", "content": [{"type": "text", "text": words(70, "v"), "cache_control": eph()}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": words(70, "v"), "cache_control": eph()}],
+        },
     ]
     u2 = await claude_usage(sim, {"system": system, "messages": turn2})
     assert u2["cache_read_input_tokens"] == 1400
@@ -312,7 +320,11 @@ async def test_responses_cache_ignores_item_ids(sim: TestClient) -> None:
             "model": GPT,
             "input": [
                 {"type": "message", "role": "developer", "id": item_id, "content": words(1300)},
-                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "q"}]},
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "q"}],
+                },
             ],
         }
 
@@ -396,11 +408,7 @@ async def test_chat_stream_tool_call(sim: TestClient) -> None:
         "messages": [{"role": "user", "content": '[[sim:tool ls {"path": "."}]]'}],
     }
     events = await sse_events(await sim.post("/v1/chat/completions", json=body, headers=OH))
-    calls = [
-        tc
-        for _, d in events[:-1]
-        for tc in d["choices"][0]["delta"].get("tool_calls", [])
-    ]
+    calls = [tc for _, d in events[:-1] for tc in d["choices"][0]["delta"].get("tool_calls", [])]
     assert calls[0]["function"]["name"] == "ls" and calls[0]["id"].startswith("call_")
     assert json.loads("".join(c["function"]["arguments"] for c in calls)) == {"path": "."}
     assert events[-2][1]["choices"][0]["finish_reason"] == "tool_calls"
@@ -501,7 +509,11 @@ async def test_tool_result_is_acknowledged(sim: TestClient) -> None:
                 "role": "assistant",
                 "content": None,
                 "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "ls", "arguments": "{}"}}
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "ls", "arguments": "{}"},
+                    }
                 ],
             },
             {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
@@ -533,7 +545,12 @@ async def test_reply_directive_and_max_tokens_cap(sim: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("status", "want_status", "want_type"),
-    [(429, 429, "rate_limit_error"), (529, 529, "overloaded_error"), (503, 529, "overloaded_error"), (500, 500, "api_error")],
+    [
+        (429, 429, "rate_limit_error"),
+        (529, 529, "overloaded_error"),
+        (503, 529, "overloaded_error"),
+        (500, 500, "api_error"),
+    ],
 )
 async def test_anthropic_error_directive(
     sim: TestClient, status: int, want_status: int, want_type: str
@@ -622,7 +639,9 @@ async def test_pacing_scales_with_time_scale(clock: FakeClock) -> None:
     app = create_sim_app(time_scale=0.5, clock=clock)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         start = time.monotonic()
-        await claude(client, {"model": "sim-claude-cheap", "messages": [{"role": "user", "content": "x"}]})
+        await claude(
+            client, {"model": "sim-claude-cheap", "messages": [{"role": "user", "content": "x"}]}
+        )
         # ttft 350 ms * 0.5 plus output at 150 tok/s * 0.5: well above 0.15 s
         assert time.monotonic() - start >= 0.17
 
@@ -632,18 +651,37 @@ async def test_pacing_scales_with_time_scale(clock: FakeClock) -> None:
 
 async def test_anthropic_validation_errors(sim: TestClient) -> None:
     cases: list[tuple[dict[str, Any], int, str]] = [
-        ({"model": CLAUDE, "messages": [{"role": "user", "content": "x"}]}, 400, "invalid_request_error"),
+        (
+            {"model": CLAUDE, "messages": [{"role": "user", "content": "x"}]},
+            400,
+            "invalid_request_error",
+        ),
         ({"model": CLAUDE, "max_tokens": 5}, 400, "invalid_request_error"),
         ({"model": CLAUDE, "max_tokens": "5", "messages": []}, 400, "invalid_request_error"),
-        ({"model": CLAUDE, "max_tokens": 5, "messages": [{"role": "user", "content": 3}]}, 400, "invalid_request_error"),
-        ({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, 404, "not_found_error"),
-        ({"model": GPT, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, 404, "not_found_error"),
+        (
+            {"model": CLAUDE, "max_tokens": 5, "messages": [{"role": "user", "content": 3}]},
+            400,
+            "invalid_request_error",
+        ),
+        (
+            {"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "not_found_error",
+        ),
+        (
+            {"model": GPT, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "not_found_error",
+        ),
     ]
     for body, status, etype in cases:
         resp = await sim.post("/v1/messages", json=body, headers=AH)
         assert resp.status == status, body
         data = await resp.json()
         assert data["type"] == "error" and data["error"]["type"] == etype
+    bad_result = [{"type": "tool_result", "tool_use_id": "t", "content": 5}]
+    bad = {"model": CLAUDE, "max_tokens": 5, "messages": [{"role": "user", "content": bad_result}]}
+    assert (await sim.post("/v1/messages", json=bad, headers=AH)).status == 400
     resp = await sim.post("/v1/messages", data=b"{not json", headers=AH)
     assert resp.status == 400
     resp = await sim.post("/v1/messages", json=[1, 2], headers=AH)
@@ -658,11 +696,20 @@ async def test_anthropic_validation_errors(sim: TestClient) -> None:
 
 async def test_openai_validation_errors(sim: TestClient) -> None:
     for path, key in (("/v1/chat/completions", "messages"), ("/v1/responses", "input")):
-        resp = await sim.post(path, json={"model": "nope", key: "x" if key == "input" else [{"role": "user", "content": "x"}]}, headers=OH)
+        resp = await sim.post(
+            path,
+            json={
+                "model": "nope",
+                key: "x" if key == "input" else [{"role": "user", "content": "x"}],
+            },
+            headers=OH,
+        )
         assert resp.status == 404
         err = (await resp.json())["error"]
         assert err["code"] == "model_not_found" and set(err) == {"message", "type", "param", "code"}
-        resp = await sim.post(path, json={"model": CLAUDE, key: [{"role": "user", "content": "x"}]}, headers=OH)
+        resp = await sim.post(
+            path, json={"model": CLAUDE, key: [{"role": "user", "content": "x"}]}, headers=OH
+        )
         assert resp.status == 404
         resp = await sim.post(path, json={"model": GPT}, headers=OH)
         assert resp.status == 400
@@ -673,7 +720,11 @@ async def test_openai_validation_errors(sim: TestClient) -> None:
         assert resp.status == 400
         resp = await sim.post(path, json={"model": GPT, key: 12}, headers=OH)
         assert resp.status == 400
-    bad = {"model": GPT, "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}}
+    bad = {
+        "model": GPT,
+        "messages": [{"role": "user", "content": "x"}],
+        "stream_options": {"include_usage": True},
+    }
     assert (await sim.post("/v1/chat/completions", json=bad, headers=OH)).status == 400
     low = {"model": GPT, "input": "x", "max_output_tokens": 5}
     resp = await sim.post("/v1/responses", json=low, headers=OH)
@@ -697,7 +748,11 @@ def base(client: TestClient) -> str:
 
 
 async def test_anthropic_sdk(sim: TestClient) -> None:
-    client = anthropic.AsyncAnthropic(base_url=base(sim), api_key="x", max_retries=0)
+    async with anthropic.AsyncAnthropic(base_url=base(sim), api_key="x", max_retries=0) as client:
+        await _anthropic_sdk(client)
+
+
+async def _anthropic_sdk(client: anthropic.AsyncAnthropic) -> None:
     system: Any = [{"type": "text", "text": words(1500), "cache_control": {"type": "ephemeral"}}]
     msg = await client.messages.create(
         model=CLAUDE, max_tokens=200, system=system, messages=[{"role": "user", "content": "hi"}]
@@ -744,7 +799,11 @@ async def test_anthropic_sdk(sim: TestClient) -> None:
 
 
 async def test_openai_sdk_chat(sim: TestClient) -> None:
-    client = openai.AsyncOpenAI(base_url=base(sim) + "/v1", api_key="x", max_retries=0)
+    async with openai.AsyncOpenAI(base_url=base(sim) + "/v1", api_key="x", max_retries=0) as client:
+        await _openai_sdk_chat(client)
+
+
+async def _openai_sdk_chat(client: openai.AsyncOpenAI) -> None:
     done = await client.chat.completions.create(
         model=GPT, messages=[{"role": "user", "content": "hi"}]
     )
@@ -765,7 +824,9 @@ async def test_openai_sdk_chat(sim: TestClient) -> None:
     assert "".join(parts) == done.choices[0].message.content
     assert usage and usage.completion_tokens == done.usage.completion_tokens
 
-    tools: Any = [{"type": "function", "function": {"name": "ls", "parameters": {"type": "object"}}}]
+    tools: Any = [
+        {"type": "function", "function": {"name": "ls", "parameters": {"type": "object"}}}
+    ]
     msgs: Any = [{"role": "user", "content": '[[sim:tool ls {"path": "/tmp"}]]'}]
     async with client.chat.completions.stream(model=GPT, messages=msgs, tools=tools) as s:
         final = await s.get_final_completion()
@@ -777,12 +838,18 @@ async def test_openai_sdk_chat(sim: TestClient) -> None:
             model=GPT, messages=[{"role": "user", "content": "[[sim:error 429]]"}]
         )
     with pytest.raises(openai.NotFoundError):
-        await client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+        await client.chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "x"}]
+        )
     assert any(m.id == GPT for m in (await client.models.list()).data)
 
 
 async def test_openai_sdk_responses(sim: TestClient) -> None:
-    client = openai.AsyncOpenAI(base_url=base(sim) + "/v1", api_key="x", max_retries=0)
+    async with openai.AsyncOpenAI(base_url=base(sim) + "/v1", api_key="x", max_retries=0) as client:
+        await _openai_sdk_responses(client)
+
+
+async def _openai_sdk_responses(client: openai.AsyncOpenAI) -> None:
     resp = await client.responses.create(model=GPT, input="hello")
     assert resp.status == "completed" and resp.output_text.startswith("Simulated reply")
     assert resp.usage and resp.usage.input_tokens_details.cached_tokens == 0
@@ -792,7 +859,14 @@ async def test_openai_sdk_responses(sim: TestClient) -> None:
         final = await stream.get_final_response()
     assert "".join(deltas) == final.output_text == resp.output_text
 
-    tools: Any = [{"type": "function", "name": "exec_command", "parameters": {"type": "object"}, "strict": False}]
+    tools: Any = [
+        {
+            "type": "function",
+            "name": "exec_command",
+            "parameters": {"type": "object"},
+            "strict": False,
+        }
+    ]
     ask = '[[sim:tool exec_command {"cmd": "ls"}]]'
     async with client.responses.stream(
         model="sim-gpt-strong", input=ask, tools=tools, reasoning={"effort": "low"}
@@ -809,8 +883,20 @@ async def test_openai_sdk_responses(sim: TestClient) -> None:
         tools=tools,
         input=[
             {"role": "user", "content": ask},
-            {"type": "function_call", "call_id": call.call_id, "name": "exec_command", "arguments": call.arguments},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": "exec_command",
+                "arguments": call.arguments,
+            },
             {"type": "function_call_output", "call_id": call.call_id, "output": "a.txt b.txt"},
         ],
     )
     assert "a.txt" in follow.output_text
+
+
+async def test_non_stream_drop_closes_connection(sim: TestClient) -> None:
+    body = {"messages": [{"role": "user", "content": "[[sim:drop]]"}]}
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await claude(sim, body)
+    assert state_of(sim).requests[CLAUDE] == 1

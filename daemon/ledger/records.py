@@ -63,3 +63,5 @@ class RequestClose:
     latency_ms: float | None = None
     attempts: int = 1
     error: str | None = None  # client-facing message only; never keys or upstream secrets
+    # The decision as it ended (fallbacks append reasons); None keeps the open's.
+    decision: str | Mapping[str, Any] | None = None

@@ -32,7 +32,7 @@ log = logging.getLogger("switchman.ledger")
 
 _OPEN_FIELDS = tuple(RequestOpen.__slots__)  # type: ignore[attr-defined]
 _CLOSE_FIELDS = tuple(RequestClose.__slots__)  # type: ignore[attr-defined]
-_CLOSE_KEEP_IF_NONE = ("served_model", "provider", "upstream_format")
+_CLOSE_KEEP_IF_NONE = ("served_model", "provider", "upstream_format", "decision")
 
 # Bind names carry a prefix: SQLAlchemy reserves a column's own name in SET clauses.
 _UPDATE_CLOSE = (
@@ -385,7 +385,9 @@ def _open_params(rec: RequestOpen) -> dict[str, Any]:
 
 
 def _close_params(rec: RequestClose) -> dict[str, Any]:
-    return {f"b_{name}": getattr(rec, name) for name in _CLOSE_FIELDS}
+    params = {f"b_{name}": getattr(rec, name) for name in _CLOSE_FIELDS}
+    params["b_decision"] = _json(rec.decision)
+    return params
 
 
 def _stub_params(close: dict[str, Any]) -> dict[str, Any]:

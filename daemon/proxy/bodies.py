@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 import zstandard
 from aiohttp import web
-
 from switchman_daemon.errors import ApiError, ErrorKind
 
 

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 from aiohttp import web
-
 from switchman_daemon.errors import ApiError, ErrorKind, kind_for_status, render
 from switchman_daemon.models import ModelInfo
 from switchman_daemon.pricing import cost_usd
@@ -205,8 +204,9 @@ class Relay:
             raise _Failure(ApiError(ErrorKind.timeout,
                                     f"upstream {up.name} timed out")) from None
         except aiohttp.ClientError as e:
-            raise _Failure(ApiError(ErrorKind.upstream_unavailable,
-                                    f"upstream {up.name} unreachable: {type(e).__name__}")) from None
+            raise _Failure(ApiError(
+                ErrorKind.upstream_unavailable,
+                f"upstream {up.name} unreachable: {type(e).__name__}")) from None
         try:
             if uresp.status != 200:
                 try:
@@ -342,7 +342,9 @@ class Relay:
                     tap.feed(ev, d)
                     if tap.is_usage_only_chunk(d):
                         continue
-                    out += (b"event: " + ev.encode() + b"\n" if ev else b"") + b"data: " + d + b"\n\n"
+                    if ev:
+                        out += b"event: " + ev.encode() + b"\n"
+                    out += b"data: " + d + b"\n\n"
                 if out:
                     flow.mark_first_byte()
                     await resp.write(bytes(out))
@@ -429,4 +431,4 @@ class Relay:
         flow.cost_usd = cost_usd(usage, model.prices)
 
 
-__all__ = ["Relay", "error_response", "encode_event"]
+__all__ = ["Relay", "encode_event", "error_response"]

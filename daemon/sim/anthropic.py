@@ -140,6 +140,8 @@ def _check_content(content: Any, where: str, *, allow_str: bool) -> None:
             raise BadRequest(f"{where}.{j}: Input should be a valid dictionary with a type")
         if block["type"] == "text" and not isinstance(block.get("text"), str):
             raise BadRequest(f"{where}.{j}.text: Field required")
+        if block["type"] == "tool_result" and block.get("content") is not None:
+            _check_content(block["content"], f"{where}.{j}.content", allow_str=True)
 
 
 # -- cacheable prefix -----------------------------------------------------------
@@ -208,8 +210,12 @@ def prefix_segments(body: dict[str, Any]) -> list[Segment]:
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        return ""
     return "\n".join(
-        b["text"] for b in content if b.get("type") == "text" and isinstance(b.get("text"), str)
+        b["text"]
+        for b in content
+        if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
     )
 
 
@@ -228,7 +234,7 @@ def _plan(model: CatalogModel, body: dict[str, Any]) -> tuple[replies.Directives
     results = (
         [b for b in content if b.get("type") == "tool_result"] if isinstance(content, list) else []
     )
-    if results and not directives.any:
+    if results:  # a tool result answers the previous turn, not a new directive
         names = _tool_names(messages[:idx])
         ref = results[-1].get("tool_use_id", "")
         label = f"tool {names.get(ref, ref)}"

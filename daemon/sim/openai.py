@@ -244,7 +244,10 @@ def _validate_chat(body: dict[str, Any]) -> None:
                 "array of objects.",
                 f"messages[{i}].content",
             )
-    if body.get("stream_options") is not None and not body.get("stream"):
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("Invalid type for 'stream_options': expected an object.", "stream_options")
+    if options is not None and not body.get("stream"):
         raise BadRequest(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             "stream_options",
@@ -484,7 +487,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
     output: list[dict[str, Any]] = []
     if gen.reasoning:
-        include = body.get("include") or []
+        include = body.get("include") if isinstance(body.get("include"), list) else []
         encrypted = base64.b64encode(replies.THINKING_TEXT.encode()).decode()
         output.append(
             {

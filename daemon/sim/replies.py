@@ -28,12 +28,6 @@ class Directives:
     slow_ms: float = 0.0
     drop: bool = False
 
-    @property
-    def any(self) -> bool:
-        return bool(self.tool or self.error or self.fail_first or self.reply is not None) or bool(
-            self.slow_ms or self.drop
-        )
-
 
 def parse_directives(text: str) -> tuple[Directives, str]:
     """Return the directives in `text` and the text with them removed."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from switchman_shared.catalog import CatalogModel, load_catalog
 
 from . import anthropic, openai
 from .common import json_response
 from .state import SIM_STATE, SimState
+
+log = logging.getLogger(__name__)
 
 _CREATED = 1767225600  # fixed "created" stamp keeps /v1/models deterministic
 
@@ -41,6 +45,20 @@ async def list_models(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+@web.middleware
+async def _never_crash(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Safety net: an unforeseen input bug still answers in the provider's shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("sim: unexpected error on %s", request.path)
+        if request.path.startswith("/v1/messages"):
+            return anthropic.error_response(500)
+        return openai.error_response(500)
+
+
 def create_sim_app(
     models: dict[str, CatalogModel] | None = None,
     *,
@@ -54,7 +72,8 @@ def create_sim_app(
     """
     if models is None:
         models = sim_models()
-    app = web.Application(client_max_size=64 * 1024 * 1024)  # agent turns can be large
+    # Agent turns can be large; the default 1 MiB body limit is too small.
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_never_crash])
     app[SIM_STATE] = SimState(models=dict(models), time_scale=time_scale, clock=clock)
     app.router.add_post("/v1/messages", anthropic.messages)
     app.router.add_post("/v1/messages/count_tokens", anthropic.count_tokens)

@@ -64,6 +64,7 @@ ADDED_RATIO = 1.3
 NOISE_MS, NOISE_FRAC = 0.1, 0.02
 RPS_RATIO = 0.8
 RSS_MAX_MIB = 150.0
+NOISY = 0.10  # flag runs where other processes took >10% of the proxy's CPU
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,19 @@ def cpu_s(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime, all threads
     except (OSError, IndexError, ValueError):
         return None
+
+
+def cpu_busy_s(cpu: int) -> float | None:
+    """Busy seconds of one CPU since boot (all processes), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    v = [int(x) for x in line.split()[1:]]
+                    return (sum(v[:8]) - v[3] - v[4]) / _TICK  # minus idle, iowait
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 @dataclass
@@ -291,6 +305,7 @@ class Run:
     error_sample: str | None = None
     elapsed: float = 0.0
     cpu: float | None = None  # proxy CPU seconds over the measured part
+    other_cpu: float | None = None  # CPU seconds others used on the proxy's CPU (noise)
 
 
 async def _one(session: aiohttp.ClientSession, url: str, body: bytes,
@@ -354,10 +369,14 @@ async def run_scenario(base: str, sc: Scenario, body: bytes, pid: int | None, n:
         url = base + sc.path
         await drive(s, url, body, headers, sc.stream, sc.conc, warm, max_s)
         c0 = cpu_s(pid) if pid else None
+        b0 = cpu_busy_s(PROXY_CPU) if PIN else None
         run = await drive(s, url, body, headers, sc.stream, sc.conc, n, max_s)
         c1 = cpu_s(pid) if pid else None
+        b1 = cpu_busy_s(PROXY_CPU) if PIN else None
         if c0 is not None and c1 is not None:
             run.cpu = c1 - c0
+        if b0 is not None and b1 is not None:
+            run.other_cpu = max(0.0, (b1 - b0) - (run.cpu or 0.0))
     return run
 
 
@@ -380,6 +399,9 @@ def summarise(run: Run) -> dict[str, Any]:
         "rps": ok / run.elapsed if run.elapsed else None,
         "cpu_ms_per_req": (run.cpu * 1000.0 / ok) if run.cpu is not None and ok else None,
         "elapsed_s": run.elapsed,
+        # share of the proxy CPU's time taken by other processes (0 = quiet machine)
+        "noise": (run.other_cpu / run.elapsed) if run.other_cpu is not None
+        and run.elapsed else None,
     }
 
 
@@ -620,7 +642,8 @@ async def amain(args: argparse.Namespace) -> int:
                     print(f"rep {rep + 1}/{reps} {sc.key:15s} {sub:12s} n={s['n']:5d} "
                           f"p50={fmt_ms(s['lat_p50']):>6s} p99={fmt_ms(s['lat_p99']):>6s} "
                           f"ttfb50={fmt_ms(s['ttfb_p50']):>6s} rps={s['rps'] or 0:7.0f} "
-                          f"err={s['errors']}", file=sys.stderr, flush=True)
+                          f"err={s['errors']} noise={(s['noise'] or 0):.0%}",
+                          file=sys.stderr, flush=True)
         for sub in subjects:
             if pids[sub]:
                 rss.setdefault(sub, {})["after"] = rss_mib(pids[sub])
@@ -630,6 +653,13 @@ async def amain(args: argparse.Namespace) -> int:
         print(f"# Switchman proxy benchmark ({_dt.datetime.now():%Y-%m-%d %H:%M}, "
               f"{NCPU} CPUs, pinned={PIN}, {'quick' if quick else 'full'}, {wall:.0f} s)\n")
         print(text)
+        noisy = [f"{sub} {k} rep {i + 1} ({r['noise']:.0%})" for sub in subjects
+                 for k, rs in runs[sub].items() for i, r in enumerate(rs)
+                 if (r.get("noise") or 0) > NOISY]
+        if noisy:
+            print(f"\n**Noise:** other processes used > {NOISY:.0%} of CPU {PROXY_CPU} during "
+                  f"{len(noisy)} run(s): " + ", ".join(noisy[:8])
+                  + (" ..." if len(noisy) > 8 else "") + " — rerun on a quiet machine.")
         for sub, why in failures.items():
             print(f"\n**{sub} did not run:** {why.splitlines()[0]}")
         out = {

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
 from switchman_daemon.app import Daemon
 from switchman_daemon.config import load_config
 
