@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,16 @@ class RunningDaemon:
     def ctx(self) -> Any:
         return self.daemon.ctx
 
-    def ledger_rows(self) -> list[dict[str, Any]]:
-        self.ctx.ledger.flush()
-        return self.ctx.ledger.rows()
+    def ledger_rows(self, settle_s: float = 3.0) -> list[dict[str, Any]]:
+        """Ledger rows once in-flight requests have closed: a client can read the
+        last byte a moment before the daemon's handler records the close."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            self.ctx.ledger.flush()
+            rows = self.ctx.ledger.rows()
+            if all(r["status"] != "open" for r in rows) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.02)
 
     def stop(self) -> None:
         self.lt.run(self.daemon.stop())

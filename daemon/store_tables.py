@@ -1,0 +1,136 @@
+"""Admin-plane tables (team keys, budgets, rollups, job runs) on the ledger's engine.
+
+They live in their own ``MetaData`` so the ledger's schema versioning stays the
+ledger's; ``ensure_admin_tables`` is idempotent and every module calls it on
+construction. Times are UTC epoch seconds (floats), as in the ledger.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+admin_metadata = sa.MetaData()
+
+team_keys = sa.Table(
+    "team_keys",
+    admin_metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False, default="", server_default=""),
+    sa.Column("prefix", sa.String, nullable=False),  # non-secret, for display
+    sa.Column("key_hash", sa.String, nullable=False, unique=True),
+    sa.Column("pools", sa.Text),  # JSON list; NULL = every pool/model
+    sa.Column("expires_at", sa.Double),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("revoked_at", sa.Double),
+    sa.Column("last_used_at", sa.Double),
+)
+
+budgets = sa.Table(
+    "budgets",
+    admin_metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, default="", server_default=""),
+    sa.Column("scope", sa.String, nullable=False),  # global | team_key | session
+    sa.Column("subject", sa.String),  # key id / session id; NULL = each one separately
+    sa.Column("period", sa.String, nullable=False),  # daily | weekly | monthly | total
+    sa.Column("timezone", sa.String, nullable=False, default="UTC", server_default="UTC"),
+    sa.Column("soft_usd", sa.Double),
+    sa.Column("hard_usd", sa.Double),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+# One row per (resolution, bucket, model); model "*" is the all-models total.
+rollups = sa.Table(
+    "rollups",
+    admin_metadata,
+    sa.Column("resolution", sa.String, primary_key=True),  # minute | hour | day
+    sa.Column("bucket_start", sa.Double, primary_key=True),
+    sa.Column("model", sa.String, primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("cost_usd", sa.Double, nullable=False),
+    sa.Column("baseline_cost_usd", sa.Double, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cache_read_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cache_write_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cache_write_1h_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+)
+
+# The last period each job completed: a restart resumes from here, so a period is
+# neither skipped (downtime is caught up) nor repeated.
+job_runs = sa.Table(
+    "job_runs",
+    admin_metadata,
+    sa.Column("job", sa.String, primary_key=True),
+    sa.Column("last_period_end", sa.Double, nullable=False),
+    sa.Column("last_run_at", sa.Double, nullable=False),
+    sa.Column("runs", sa.BigInteger, nullable=False, default=0, server_default="0"),
+)
+
+admin_kv = sa.Table(
+    "admin_kv",
+    admin_metadata,
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+def ensure_admin_tables(engine: Engine) -> None:
+    """Create the admin tables that are missing (no-op when they exist)."""
+    admin_metadata.create_all(engine)
+
+
+def get_or_create_secret(engine: Engine, key: str, nbytes: int = 32) -> bytes:
+    """A per-install random secret stored in ``admin_kv`` (created on first use)."""
+    ensure_admin_tables(engine)
+    with engine.begin() as conn:
+        found = conn.execute(
+            sa.select(admin_kv.c.value).where(admin_kv.c.key == key)
+        ).scalar_one_or_none()
+        if found is not None:
+            return bytes.fromhex(found)
+        value = secrets.token_bytes(nbytes)
+        conn.execute(sa.insert(admin_kv).values(key=key, value=value.hex()))
+    return value
+
+
+def read_watermark(engine: Engine, job: str) -> float | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(job_runs.c.last_period_end).where(job_runs.c.job == job)
+        ).scalar_one_or_none()
+
+
+def write_watermark(engine: Engine, job: str, period_end: float, now: float) -> None:
+    """Record that ``job`` completed everything before ``period_end``."""
+    with engine.begin() as conn:
+        updated = conn.execute(
+            sa.update(job_runs)
+            .where(job_runs.c.job == job)
+            .values(last_period_end=period_end, last_run_at=now, runs=job_runs.c.runs + 1)
+        ).rowcount
+        if not updated:
+            conn.execute(
+                sa.insert(job_runs).values(
+                    job=job, last_period_end=period_end, last_run_at=now, runs=1
+                )
+            )
+
+
+__all__ = [
+    "admin_kv",
+    "admin_metadata",
+    "budgets",
+    "ensure_admin_tables",
+    "get_or_create_secret",
+    "job_runs",
+    "read_watermark",
+    "rollups",
+    "team_keys",
+    "write_watermark",
+]
