@@ -19,6 +19,10 @@ log = logging.getLogger("switchman.secrets")
 
 SERVICE = "switchman"
 
+# Bumped on every store/remove so callers that cache resolved keys (the data
+# plane must not hit the keyring per request) know to look again.
+generation = 0
+
 
 class SecretError(Exception):
     """A key could not be read or stored. The message never contains the key."""
@@ -51,6 +55,8 @@ def env_fallback_name(name: str) -> str:
 
 def store(name: str, value: str) -> None:
     """Store a key in the OS keyring under ``name``."""
+    global generation
+    generation += 1
     try:
         keyring.set_password(SERVICE, name, value)
     except keyring.errors.KeyringError as e:
@@ -61,6 +67,8 @@ def store(name: str, value: str) -> None:
 
 
 def remove(name: str) -> None:
+    global generation
+    generation += 1
     try:
         keyring.delete_password(SERVICE, name)
     except keyring.errors.PasswordDeleteError:

@@ -9,6 +9,7 @@ throughput target.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -36,6 +37,20 @@ class Upstream:
     config: ProviderConfig
     base_url: str
     session: aiohttp.ClientSession
+    _key: tuple[int, float, str | None] | None = None  # (secrets generation, time, key)
+
+    def api_key(self) -> str | None:
+        """The provider key, cached: a keyring lookup per request would cost
+        milliseconds (D-Bus on Linux). Re-read when a key is stored or removed,
+        and every 5 minutes for environment changes."""
+        now = time.monotonic()
+        k = self._key
+        if k is None or k[0] != secrets.generation or now - k[1] > 300:
+            key = secrets.resolve(self.config.key)
+            if key is None and self.config.base_url == "sim":
+                key = "sim-no-key-needed"  # the simulator wants a key, like a provider
+            self._key = k = (secrets.generation, now, key)
+        return k[2]
 
     @property
     def kind(self) -> str:
@@ -55,9 +70,7 @@ class Upstream:
         Client credentials are never forwarded."""
         h: dict[str, str] = {"content-type": "application/json"}
         h.update(self.config.headers)
-        key = secrets.resolve(self.config.key)
-        if key is None and self.config.base_url == "sim":
-            key = "sim-no-key-needed"  # the simulator checks a key is present, like a provider
+        key = self.api_key()
         if fmt in ("anthropic", "count_tokens"):
             if client_headers is not None:
                 for name in _ANTHROPIC_FORWARD:

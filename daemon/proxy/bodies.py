@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any
 
@@ -57,8 +58,8 @@ def decode(raw: bytes, encoding: str, limit: int) -> bytes:
     raise ApiError(ErrorKind.invalid_request, f"unsupported Content-Encoding {encoding!r}")
 
 
-async def read_json(request: web.Request, limit: int) -> tuple[dict[str, Any], int]:
-    """The decoded JSON object and its size in bytes (after decompression)."""
+async def read_json(request: web.Request, limit: int) -> tuple[dict[str, Any], bytes]:
+    """The decoded JSON object and its raw bytes (after decompression)."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
@@ -74,4 +75,22 @@ async def read_json(request: web.Request, limit: int) -> tuple[dict[str, Any], i
         raise ApiError(ErrorKind.invalid_request, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(ErrorKind.invalid_request, "request body must be a JSON object")
-    return body, len(raw)
+    return body, raw
+
+
+_MODEL_RE_CACHE: dict[str, re.Pattern[bytes]] = {}
+
+
+def with_model(raw: bytes, old: str, new: str) -> bytes | None:
+    """``raw`` with its top-level model value replaced, without re-serialising
+    the (possibly 100 KB) body; None when the spot is ambiguous (the same
+    ``"model": "<old>"`` text occurs more than once), so the caller re-encodes."""
+    pat = _MODEL_RE_CACHE.get(old)
+    if pat is None:
+        pat = re.compile(rb'"model"\s*:\s*' + re.escape(orjson.dumps(old)))
+        if len(_MODEL_RE_CACHE) < 1024:
+            _MODEL_RE_CACHE[old] = pat
+    hits = pat.findall(raw, 0, len(raw))
+    if len(hits) != 1:
+        return None
+    return pat.sub(b'"model":' + orjson.dumps(new).replace(b"\\", b"\\\\"), raw, count=1)

@@ -4,8 +4,8 @@ handed to addons (ledger, later budgets and stats) at open and close."""
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +18,8 @@ from switchman_daemon.routing.signals import Signals
 class Flow:
     client_format: str
     signals: Signals
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # not a secret, just unique: getrandbits avoids uuid4's os.urandom syscall
+    id: str = field(default_factory=lambda: f"{random.getrandbits(128):032x}")
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     decision: Decision | None = None

@@ -58,9 +58,9 @@ def proxy_handler(fmt: WireFormat) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CTX]
         try:
-            body, size = await read_json(request, ctx.body_limit)
+            body, raw = await read_json(request, ctx.body_limit)
             _check_shape(fmt, body)
-            signals = read_signals(fmt, body, request.headers, size)
+            signals = read_signals(fmt, body, request.headers, len(raw))
             decision = ctx.router.choose(signals)
         except ApiError as e:
             return error_response(fmt, e)
@@ -79,7 +79,7 @@ def proxy_handler(fmt: WireFormat) -> Any:
                 so.get("include_usage"))
         ctx.open_flow(flow)
         try:
-            return await ctx.relay.forward(request, flow, body)
+            return await ctx.relay.forward(request, flow, body, raw)
         except ApiError as e:
             flow.status, flow.http_status, flow.error = "error", e.status, e.message
             return error_response(fmt, e, flow.id)
@@ -108,11 +108,11 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     Anthropic upstream, else counted locally (never a fake 0)."""
     ctx = request.app[CTX]
     try:
-        body, size = await read_json(request, ctx.body_limit)
+        body, raw = await read_json(request, ctx.body_limit)
         if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
             raise ApiError(ErrorKind.invalid_request,
                            "model and messages are required", param="messages")
-        signals = read_signals("anthropic", body, request.headers, size)
+        signals = read_signals("anthropic", body, request.headers, len(raw))
         decision = ctx.router.choose(signals)
     except ApiError as e:
         return error_response("anthropic", e)

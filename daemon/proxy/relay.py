@@ -28,6 +28,7 @@ from switchman_daemon.protocol import codec
 from switchman_daemon.protocol.ir import ChatRequest, MessageEnd, StreamError, Usage
 from switchman_daemon.protocol.sse import SSEParser, encode_event
 from switchman_daemon.providers.upstream import Upstream
+from switchman_daemon.proxy.bodies import with_model
 from switchman_daemon.proxy.flow import Flow
 
 if TYPE_CHECKING:
@@ -98,12 +99,23 @@ class Relay:
         self,
         flow: Flow,
         body: dict[str, Any],
+        raw: bytes,
         model: ModelInfo,
         up_fmt: str,
         ir_cache: list[ChatRequest],
     ) -> bytes:
         fmt = flow.client_format
         if up_fmt == fmt:
+            needs_usage = fmt == "chat" and body.get("stream") and not (
+                isinstance(body.get("stream_options"), dict)
+                and body["stream_options"].get("include_usage"))
+            if not needs_usage:
+                # Pass the client's bytes through; at most the model value changes.
+                if body["model"] == model.upstream_id:
+                    return raw
+                patched = with_model(raw, body["model"], model.upstream_id)
+                if patched is not None:
+                    return patched
             out = dict(body)
             out["model"] = model.upstream_id
             if fmt == "chat" and out.get("stream"):
@@ -133,7 +145,7 @@ class Relay:
     # -- main entry -----------------------------------------------------------
 
     async def forward(
-        self, request: web.Request, flow: Flow, body: dict[str, Any]
+        self, request: web.Request, flow: Flow, body: dict[str, Any], raw: bytes
     ) -> web.StreamResponse:
         assert flow.decision is not None
         candidates = [flow.decision.model, *flow.decision.fallbacks]
@@ -145,7 +157,7 @@ class Relay:
             formats = up.formats()
             up_fmt = flow.client_format if flow.client_format in formats else formats[0]
             flow.notes["upstream_kind"] = up.kind
-            data = self._body_for(flow, body, model, up_fmt, ir_cache)
+            data = self._body_for(flow, body, raw, model, up_fmt, ir_cache)
             headers = up.headers(up_fmt, request.headers if up_fmt == flow.client_format
                                  or up_fmt == "anthropic" else None)
             if i > 0:

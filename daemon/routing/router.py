@@ -39,6 +39,7 @@ class Router:
     def __init__(self, config: Config, registry: ModelRegistry) -> None:
         self.config = config
         self.registry = registry
+        self._fallback_cache: dict[tuple[str, bool, bool, int], list[ModelInfo]] = {}
 
     def _capable(self, m: ModelInfo, s: Signals) -> bool:
         if s.has_tools and not m.tools:
@@ -82,6 +83,14 @@ class Router:
     def _fallbacks(self, chosen: ModelInfo, s: Signals) -> list[ModelInfo]:
         """Configured fallbacks, else pool peers closest in quality (same
         provider family first), used when the choice is rate-limited or down."""
+        # size bucket: context-window constraints only bite on large prompts
+        key = (chosen.name, s.has_tools, s.has_images, s.approx_input_tokens >> 12)
+        hit = self._fallback_cache.get(key)
+        if hit is None:
+            hit = self._fallback_cache[key] = self._compute_fallbacks(chosen, s)
+        return list(hit)
+
+    def _compute_fallbacks(self, chosen: ModelInfo, s: Signals) -> list[ModelInfo]:
         reg = self.registry
         configured = self.config.routing.fallbacks.get(chosen.name)
         if configured is not None:
