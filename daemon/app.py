@@ -7,12 +7,14 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
-
 from switchman_daemon import paths
+from switchman_daemon.admin.server import AdminServer
 from switchman_daemon.ledger import Ledger
 from switchman_daemon.ledger_addon import LedgerAddon
 from switchman_daemon.models import ModelRegistry
@@ -20,6 +22,7 @@ from switchman_daemon.providers.upstream import Upstream, make_session
 from switchman_daemon.proxy.flow import Addon, Flow
 from switchman_daemon.proxy.handlers import CTX, add_routes, errors_middleware
 from switchman_daemon.proxy.relay import Relay
+from switchman_daemon.routing.observer import RoutingObserver
 from switchman_daemon.routing.router import Router
 from switchman_shared.config_schema import Config
 
@@ -64,10 +67,17 @@ class DaemonContext:
 class Daemon:
     """The running daemon. ``await start()`` binds the port; ``await stop()`` drains."""
 
-    def __init__(self, config: Config, data_dir: Path | None = None) -> None:
+    def __init__(self, config: Config, data_dir: Path | None = None, *,
+                 admin: bool = True) -> None:
         self.config = config
         self.data_dir = paths.data_dir(data_dir)
         self.ctx: DaemonContext | None = None
+        self._admin_enabled = admin
+        self.admin: AdminServer | None = None
+        # Set by serve_forever; the admin Shutdown call ends the process through it.
+        self.on_shutdown_request: Callable[[], None] | None = None
+        self._retired: set[aiohttp.ClientSession] = set()
+        self._retired_tasks: set[asyncio.Future[None]] = set()
         self._runner: web.AppRunner | None = None
         self._sim_runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -107,6 +117,8 @@ class Daemon:
         ledger.start()
         self.ctx = DaemonContext(cfg, registry, Router(cfg, registry), upstreams, ledger)
         self.ctx.addons.append(LedgerAddon(ledger))
+        ctx = self.ctx
+        self.ctx.addons.append(RoutingObserver(lambda: ctx.router))
 
         app = web.Application(
             client_max_size=self.ctx.body_limit + 1024, middlewares=[errors_middleware]
@@ -123,12 +135,73 @@ class Daemon:
                            cfg.daemon.port if port is None else port, backlog=1024)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        if self._admin_enabled:
+            self.admin = AdminServer(self)
+            await self.admin.start()
         log.info("switchman listening on http://%s:%s (%d models, providers: %s)",
                  host or cfg.daemon.host, self.port, len(registry.models),
                  ", ".join(sorted(upstreams)))
         return self.port
 
+    async def apply_config(self, cfg: Config) -> None:
+        """Swap in a changed config while serving: a new registry and router;
+        upstream sessions kept for unchanged providers, opened for new or
+        changed ones, closed for removed ones. Daemon/sim/ledger settings need
+        a restart."""
+        ctx = self.ctx
+        assert ctx is not None
+        registry = ModelRegistry(cfg)  # raises ValueError before anything changes
+        # the engine's learned state (caches, sessions, latency) survives a config change
+        old_router = ctx.router
+        router = Router(cfg, registry, tracker=old_router.tracker, latency=old_router.latency,
+                        quality=old_router.quality)
+        if self.sim_port is None and cfg.sim.enabled and any(
+                p.base_url == "sim" for p in cfg.providers.values()):
+            await self._start_sim()
+        sim_base = f"http://127.0.0.1:{self.sim_port}" if self.sim_port else None
+        old = ctx.upstreams
+        upstreams: dict[str, Upstream] = {}
+        for name, pc in cfg.providers.items():
+            prev = old.get(name)
+            if prev is not None and prev.config == pc:
+                upstreams[name] = prev
+                continue
+            if pc.base_url == "sim":
+                if sim_base is None:
+                    continue
+                base = sim_base if pc.kind == "anthropic" else sim_base + "/v1"
+            else:
+                base = pc.base_url
+            upstreams[name] = Upstream(name, pc, base, make_session(pc, cfg.daemon))
+        # one assignment each, no await between them: handlers never see a mix
+        self.config = ctx.config = cfg
+        ctx.registry, ctx.router, ctx.upstreams = registry, router, upstreams
+        for name, up in old.items():
+            if upstreams.get(name) is not up:
+                # Closing a session cuts its in-flight streams; retire it and
+                # close it once those can have finished (or at stop()).
+                self._retired.add(up.session)
+                asyncio.get_running_loop().call_later(
+                    cfg.daemon.upstream_read_timeout_s, self._close_retired, up.session)
+
+    def _close_retired(self, session: aiohttp.ClientSession) -> None:
+        if session in self._retired:
+            self._retired.discard(session)
+            task = asyncio.ensure_future(session.close())
+            self._retired_tasks.add(task)
+            task.add_done_callback(self._retired_tasks.discard)
+
+    def request_shutdown(self) -> None:
+        if self.on_shutdown_request is not None:
+            self.on_shutdown_request()
+
     async def stop(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        for session in list(self._retired):
+            await session.close()
+        self._retired.clear()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.ctx is not None:
@@ -140,8 +213,9 @@ class Daemon:
 
 
 async def serve_forever(daemon: Daemon, host: str | None, port: int | None) -> None:
-    await daemon.start(host, port)
     stop = asyncio.Event()
+    daemon.on_shutdown_request = stop.set
+    await daemon.start(host, port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -60,8 +60,8 @@ def proxy_handler(fmt: WireFormat) -> Any:
         try:
             body, raw = await read_json(request, ctx.body_limit)
             _check_shape(fmt, body)
-            signals = read_signals(fmt, body, request.headers, len(raw))
-            decision = ctx.router.choose(signals)
+            signals = read_signals(fmt, body, request.headers, len(raw), raw)
+            decision = ctx.router.choose(signals, body)
         except ApiError as e:
             return error_response(fmt, e)
         except UnknownModel as e:
@@ -73,6 +73,7 @@ def proxy_handler(fmt: WireFormat) -> Any:
         except NoCandidate as e:
             return error_response(fmt, ApiError(ErrorKind.invalid_request, str(e), param="model"))
         flow = Flow(client_format=fmt, signals=signals, decision=decision)
+        flow.notes["body"] = body  # for the routing observer's prefix chain
         if fmt == "chat":
             so = body.get("stream_options")
             flow.notes["client_include_usage"] = isinstance(so, dict) and bool(

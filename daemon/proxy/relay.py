@@ -30,6 +30,7 @@ from switchman_daemon.protocol.sse import SSEParser, encode_event
 from switchman_daemon.providers.upstream import Upstream
 from switchman_daemon.proxy.bodies import with_model
 from switchman_daemon.proxy.flow import Flow
+from switchman_daemon.routing.switching import strip_reasoning
 
 if TYPE_CHECKING:
     from switchman_daemon.app import DaemonContext
@@ -105,11 +106,17 @@ class Relay:
         ir_cache: list[ChatRequest],
     ) -> bytes:
         fmt = flow.client_format
+        if up_fmt == fmt and self._switching(flow, model):
+            stripped = strip_reasoning(fmt, body)
+            if stripped is not None:
+                flow.notes["stripped_reasoning"] = True
+                body = stripped
+                raw = b""  # forces re-encoding below
         if up_fmt == fmt:
             needs_usage = fmt == "chat" and body.get("stream") and not (
                 isinstance(body.get("stream_options"), dict)
                 and body["stream_options"].get("include_usage"))
-            if not needs_usage:
+            if not needs_usage and raw:
                 # Pass the client's bytes through; at most the model value changes.
                 if body["model"] == model.upstream_id:
                     return raw
@@ -141,6 +148,14 @@ class Relay:
             upstream_body = codec(up_fmt).build_request(req, model.upstream_id, stream=req.stream)
         flow.notes["custom_tools"] = frozenset(t.name for t in req.tools if t.kind == "custom")
         return orjson.dumps(upstream_body)
+
+    def _switching(self, flow: Flow, model: ModelInfo) -> bool:
+        """Is this request moving its session to another model than the one
+        that made its history (so provider-bound reasoning must go)?"""
+        if flow.attempts > 0 and flow.decision is not None and model is not flow.decision.model:
+            return True  # a fallback
+        prev = flow.decision.previous_model if flow.decision is not None else None
+        return prev is not None and prev != model.name
 
     # -- main entry -----------------------------------------------------------
 

@@ -1,45 +1,106 @@
-"""The routing seam: signals -> candidates -> score -> choice, with reasons.
+"""The routing engine: signals -> candidates -> score -> choice, with reasons.
 
-This first router serves the requested model (or the model an alias names) and,
-for pool names, scores the pool on the configured objective with capability
-constraints. The cache-aware engine (issue #3) replaces ``score``; the flow
-around it (fallbacks, explanation, budgets as constraints) stays.
+A requested pool model is served as asked (a pin). A pool name (directly or
+through an alias) lets the engine choose, per role:
+
+- utility requests (titles, commit messages, probes) go to the cheapest capable model;
+- compaction stays on the model that holds the session's cache (the replay is
+  a warm read there and a cold prefill anywhere else);
+- a step inside a task (a tool-result turn, the same Codex turn id) stays on the
+  task's model, which keeps thinking signatures valid and the cache warm;
+- a new task, a new session or a sub-agent is scored: expected dollars over the
+  session's likely remaining turns (cache reads on the warm model vs. a full
+  re-write elsewhere), predicted quality and latency, weighted by the objective.
+
+Deterministic routing (fallbacks on 429/5xx, pins) wraps the choice; budgets
+enter as a constraint (soft limit -> cost-heavy objective).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from switchman_daemon.models import ModelInfo, ModelRegistry, UnknownModel
+from switchman_daemon.routing.cost import expected_cost
+from switchman_daemon.routing.latency import LatencyModel
+from switchman_daemon.routing.prefix import Chain, build_chain
+from switchman_daemon.routing.quality_prior import QualityPredictor
 from switchman_daemon.routing.signals import Signals
+from switchman_daemon.routing.tracker import TTL_1H, TTL_5M, CacheTracker
 from switchman_shared.config_schema import Config
+
+
+@dataclass(slots=True)
+class Candidate:
+    model: str
+    cost_now: float
+    cost_horizon: float
+    warm_tokens: int
+    quality: float
+    latency_ms: float
+    score: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "cost_now": round(self.cost_now, 6),
+                "cost_horizon": round(self.cost_horizon, 6), "warm_tokens": self.warm_tokens,
+                "quality": round(self.quality, 4), "latency_ms": round(self.latency_ms, 1),
+                "score": round(self.score, 4)}
 
 
 @dataclass(slots=True)
 class Decision:
     model: ModelInfo
     fallbacks: list[ModelInfo]
-    how: str  # "requested" | "alias" | "pool"
+    how: str  # "requested" | "alias" | "pool" | "utility" | "compaction" | "sticky"
     reasons: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    session: str | None = None
+    role: str = "main"
+    predicted_cost: float | None = None
+    chain: Chain | None = None
+    previous_model: str | None = None  # the session's model before this decision
 
-    def to_json(self) -> dict:
-        return {
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "model": self.model.name,
             "how": self.how,
+            "role": self.role,
             "fallbacks": [m.name for m in self.fallbacks],
             "reasons": self.reasons,
         }
+        if self.candidates:
+            out["candidates"] = [c.to_json() for c in self.candidates]
+        if self.predicted_cost is not None:
+            out["predicted_cost"] = round(self.predicted_cost, 6)
+        return out
 
 
 class NoCandidate(Exception):
     pass
 
 
+def remaining_turns(turns: int, role: str) -> float:
+    """Expected turns left in a session: roughly as many as it has had (a Lindy
+    prior), at least a few, capped; sub-agents are short-lived."""
+    if role == "subagent":
+        return float(min(max(turns, 3), 15))
+    return float(min(max(turns, 4), 40))
+
+
 class Router:
-    def __init__(self, config: Config, registry: ModelRegistry) -> None:
+    def __init__(self, config: Config, registry: ModelRegistry,
+                 tracker: CacheTracker | None = None,
+                 latency: LatencyModel | None = None,
+                 quality: QualityPredictor | None = None) -> None:
         self.config = config
         self.registry = registry
+        self.tracker = tracker or CacheTracker()
+        self.latency = latency or LatencyModel()
+        self.quality = quality or QualityPredictor()
         self._fallback_cache: dict[tuple[str, bool, bool, int], list[ModelInfo]] = {}
+
+    # -- constraints ------------------------------------------------------------
 
     def _capable(self, m: ModelInfo, s: Signals) -> bool:
         if s.has_tools and not m.tools:
@@ -48,37 +109,119 @@ class Router:
             return False
         return s.approx_input_tokens <= m.context_window
 
-    def _score(self, m: ModelInfo, s: Signals, max_price: float) -> float:
-        obj = self.config.routing.objective
-        price = (m.prices.input + m.prices.output / 4) / max_price if max_price else 0.0
-        return obj.quality * m.quality - obj.cost * price
+    def _provider_kind(self, m: ModelInfo) -> str:
+        return self.config.providers[m.provider].kind
 
-    def choose(self, s: Signals) -> Decision:
+    def _cacheable(self, m: ModelInfo, s: Signals, prompt: int) -> bool:
+        if prompt < self.tracker.min_prefix_for(m.name, m.min_cache_prefix):
+            return False
+        if self._provider_kind(m) == "anthropic" and s.client_format == "anthropic":
+            # same format passes through: only the client's own breakpoints cache
+            return s.cache_marked
+        return True  # OpenAI caches automatically; translated Anthropic gets breakpoints
+
+    # -- the choice -------------------------------------------------------------
+
+    def choose(self, s: Signals, body: dict[str, Any] | None = None) -> Decision:
         """Pick a model for ``s``; raises UnknownModel / NoCandidate."""
         kind, names = self.registry.resolve(s.requested_model)
         models = [self.registry.models[n] for n in names]
+        sid = s.cache_session
         if kind == "model":
             chosen = models[0]
             how = "requested" if chosen.name == s.requested_model else "alias"
-            reasons = [
-                f"{s.requested_model} served as {chosen.name}"
-                if how == "alias"
-                else f"{chosen.name} requested"
-            ]
+            reason = (f"{s.requested_model} served as {chosen.name}" if how == "alias"
+                      else f"{chosen.name} requested (pinned)")
+            st0 = self.tracker.peek_session(sid)
+            return Decision(chosen, self._fallbacks(chosen, s), how, [reason],
+                            session=sid, role=s.role,
+                            previous_model=st0.last_model if st0 else None)
+        capable = [m for m in models if self._capable(m, s)]
+        if not capable:
+            raise NoCandidate(
+                f"no model in pool {s.requested_model!r} can serve this request "
+                f"(tools={s.has_tools}, images={s.has_images}, ~{s.approx_input_tokens} tokens)")
+        st = self.tracker.peek_session(sid)
+        last = st.last_model if st else None
+        last_model = next((m for m in capable if m.name == last), None)
+        same_task = not s.new_task or (s.task_id is not None and st is not None
+                                       and st.last_task == s.task_id)
+        if s.role == "compaction" and last_model is not None:
+            return self._fixed(last_model, s, "compaction",
+                               f"compaction stays on {last_model.name}, which holds the "
+                               "session's cache (a warm read there, a cold prefill elsewhere)")
+        if s.role == "main" and same_task and last_model is not None:
+            return self._fixed(last_model, s, "sticky",
+                               f"step inside a task: stays on {last_model.name} "
+                               "(keeps thinking signatures valid and the cache warm)")
+        chain = build_chain(s.client_format, body) if body is not None else Chain([], [])
+        cands = self._score(capable, s, sid, chain, st)
+        if s.role == "utility":
+            best = min(cands, key=lambda c: c.cost_now)
+            how, reason = "utility", (f"background utility request: cheapest capable model "
+                                      f"{best.model} (${best.cost_now:.5f})")
         else:
-            capable = [m for m in models if self._capable(m, s)]
-            if not capable:
-                raise NoCandidate(
-                    f"no model in pool {s.requested_model!r} can serve this request "
-                    f"(tools={s.has_tools}, images={s.has_images}, "
-                    f"~{s.approx_input_tokens} tokens)"
-                )
-            max_price = max(m.prices.input + m.prices.output / 4 for m in capable)
-            capable.sort(key=lambda m: self._score(m, s, max_price), reverse=True)
-            chosen = capable[0]
-            how = "pool"
-            reasons = [f"best objective score in pool {s.requested_model}"]
-        return Decision(chosen, self._fallbacks(chosen, s), how, reasons)
+            best = max(cands, key=lambda c: c.score)
+            how, reason = "pool", self._explain(best, cands, last, s)
+        chosen = self.registry.models[best.model]
+        if s.role in ("main", "subagent"):
+            sess = self.tracker.session(sid)
+            sess.last_model = chosen.name
+            sess.last_task = s.task_id
+        return Decision(chosen, self._fallbacks(chosen, s), how, [reason], cands, sid, s.role,
+                        predicted_cost=best.cost_now, chain=chain, previous_model=last)
+
+    def _fixed(self, m: ModelInfo, s: Signals, how: str, reason: str) -> Decision:
+        return Decision(m, self._fallbacks(m, s), how, [reason], session=s.cache_session,
+                        role=s.role, previous_model=m.name)
+
+    def _score(self, models: list[ModelInfo], s: Signals, sid: str, chain: Chain,
+               st: Any) -> list[Candidate]:
+        obj = self.config.routing.objective
+        w_cost, w_q, w_lat = obj.cost, obj.quality, obj.latency
+        if s.extra.get("budget_soft"):
+            w_cost, w_q = max(w_cost, 0.9), min(w_q, 0.3)  # soft limit: downgrade
+        prompt = max(chain.total_tokens, s.approx_input_tokens // 2, 1)
+        output = st.avg_output if st else 500.0
+        growth = st.avg_growth if st else 2000.0
+        turns_left = remaining_turns(st.turns if st else 0, s.role)
+        cands: list[Candidate] = []
+        for m in models:
+            warm = self.tracker.warm_tokens(sid, m.name, chain) if chain.links else 0
+            cacheable = self._cacheable(m, s, prompt)
+            est = expected_cost(m, prompt, warm, output, cacheable=cacheable,
+                                remaining_turns=turns_left, growth=growth, ttl_1h=s.ttl_1h)
+            q = self.quality.predict(s.task_text, m)
+            lat = self.latency.predict_ms(m, prompt - warm if cacheable else prompt, output)
+            cands.append(Candidate(m.name, est.now, est.horizon, warm, q, lat))
+        max_cost = max(c.cost_horizon for c in cands) or 1.0
+        max_lat = max(c.latency_ms for c in cands) or 1.0
+        for c in cands:
+            c.score = (w_q * c.quality - w_cost * c.cost_horizon / max_cost
+                       - w_lat * c.latency_ms / max_lat)
+        return cands
+
+    def _explain(self, best: Candidate, cands: list[Candidate], last: str | None,
+                 s: Signals) -> str:
+        where = "new sub-agent" if s.role == "subagent" else (
+            "new session" if last is None else "new task")
+        parts = [f"{where}: {best.model} scores best (q={best.quality:.2f}, "
+                 f"${best.cost_horizon:.4f} over the session horizon, "
+                 f"~{best.latency_ms:.0f} ms)"]
+        if best.warm_tokens:
+            parts.append(f"{best.warm_tokens} prompt tokens warm in its cache")
+        if last is not None and last != best.model:
+            prev = next((c for c in cands if c.model == last), None)
+            if prev is not None and prev.warm_tokens:
+                parts.append(f"switching from {last} forgoes {prev.warm_tokens} warm tokens "
+                             f"(${prev.cost_now:.4f} there vs ${best.cost_now:.4f} here now)")
+        elif last is not None and best.warm_tokens:
+            cheaper = min(cands, key=lambda c: c.cost_now)
+            if cheaper.model != best.model:
+                parts.append(f"staying beats moving to {cheaper.model}")
+        return "; ".join(parts)
+
+    # -- deterministic layer --------------------------------------------------------
 
     def _fallbacks(self, chosen: ModelInfo, s: Signals) -> list[ModelInfo]:
         """Configured fallbacks, else pool peers closest in quality (same
@@ -101,14 +244,33 @@ class Router:
             for n in pool
             if n != chosen.name and reg.models[n].enabled and self._capable(reg.models[n], s)
         ]
-        chosen_kind = self.config.providers[chosen.provider].kind
-        peers.sort(
-            key=lambda m: (
-                self.config.providers[m.provider].kind != chosen_kind,
-                abs(m.quality - chosen.quality),
-            )
-        )
+        chosen_kind = self._provider_kind(chosen)
+        peers.sort(key=lambda m: (self._provider_kind(m) != chosen_kind,
+                                  abs(m.quality - chosen.quality)))
         return peers[:2]
 
+    # -- learning from outcomes -------------------------------------------------------
 
-__all__ = ["Decision", "NoCandidate", "Router", "UnknownModel"]
+    def observe(self, s: Signals, body_chain: Chain | None, model: ModelInfo,
+                usage: Any, ttfb_ms: float | None, latency_ms: float | None) -> None:
+        """Feed a finished request back: cache state, session trend, latency."""
+        sid = s.cache_session
+        chain = body_chain if body_chain is not None else Chain([], [])
+        st = self.tracker.session(sid)
+        if s.role == "compaction" or (s.window_id and st.window_id
+                                      and st.window_id != s.window_id):
+            self.tracker.break_session(sid)  # the history was rewritten
+        if s.window_id:
+            st.window_id = s.window_id
+        self.tracker.observe(
+            sid, model.name, model.min_cache_prefix, chain, usage,
+            caching_expected=self._cacheable(model, s, usage.prompt_tokens),
+            ttl=TTL_1H if s.ttl_1h else TTL_5M)
+        if s.role in ("main", "subagent"):
+            st.last_model = model.name  # what actually served (a fallback included)
+        self.latency.observe(model.name, usage.input_tokens + usage.cache_write_tokens
+                             + usage.cache_write_1h_tokens, ttfb_ms, latency_ms,
+                             usage.output_tokens, s.stream)
+
+
+__all__ = ["Candidate", "Decision", "NoCandidate", "Router", "UnknownModel"]

@@ -1,0 +1,36 @@
+"""Feeds finished requests back into the routing engine (cache tracker,
+session trends, latency fits). An addon on the flow's close hook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from switchman_daemon.proxy.flow import Flow
+from switchman_daemon.routing.prefix import build_chain
+from switchman_daemon.routing.router import Router
+
+
+class RoutingObserver:
+    def __init__(self, router: Callable[[], Router]) -> None:
+        self._router = router  # a getter: a config change swaps the router
+
+    @property
+    def router(self) -> Router:
+        return self._router()
+
+    def flow_opened(self, flow: Flow) -> None:
+        pass
+
+    def flow_closed(self, flow: Flow) -> None:
+        body = flow.notes.pop("body", None)
+        if flow.status != "ok" or flow.served_model is None:
+            return
+        model = self.router.registry.models.get(flow.served_model)
+        if model is None:
+            return
+        d = flow.decision
+        chain = d.chain if d is not None and d.chain is not None and d.chain.links else None
+        if chain is None and body is not None:
+            chain = build_chain(flow.client_format, body)
+        self.router.observe(flow.signals, chain, model, flow.usage, flow.ttfb_ms,
+                            flow.latency_ms)

@@ -1,0 +1,206 @@
+"""Prefix fingerprint chains: what a request's cacheable prefix looks like, cheaply.
+
+A provider caches a request's prefix in order tools -> system -> messages. The
+router needs to know how much of this request's prefix it sent to a model
+before, without hashing a megabyte of JSON per request (the decision budget is
+0.2 ms for a 200K-token session). So each block gets a *proxy* fingerprint from
+its role, type, sizes, tool ids and the first and last 48 characters of its
+text, chained cumulatively, with a running token estimate. Appending a turn
+extends the chain; editing, compacting or inserting media changes a link and
+everything after it. A collision needs an edit that keeps every length and
+both text ends identical, which agents do not make.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+_EDGE = 48
+_IMAGE_TOKENS = 1600
+
+
+def _text_tokens(n_chars: int) -> int:
+    return (n_chars * 10 + 35) // 36  # ~3.6 chars per token, as tokens.py
+
+
+def _text_sig(text: str) -> tuple[int, str, str]:
+    return len(text), text[:_EDGE], text[-_EDGE:]
+
+
+def _block_sig(block: Any) -> tuple[tuple[Any, ...], int, bool]:
+    """(signature, token estimate, is_media) for one content block or string."""
+    if isinstance(block, str):
+        n, a, b = _text_sig(block)
+        return ("s", n, a, b), _text_tokens(n), False
+    if not isinstance(block, dict):
+        return ("?",), 1, False
+    t = block.get("type")
+    if t in ("text", "input_text", "output_text"):
+        n, a, b = _text_sig(str(block.get("text", "")))
+        return ("t", n, a, b), _text_tokens(n), False
+    if t in ("image", "input_image", "image_url", "document", "input_file"):
+        src = block.get("source") or block.get("image_url") or block.get("file_id") or ""
+        if isinstance(src, dict):
+            src = src.get("data") or src.get("url") or ""
+        s = str(src)
+        return ("i", len(s), s[:_EDGE], s[-_EDGE:]), _IMAGE_TOKENS, True
+    if t in ("tool_use", "function_call", "custom_tool_call"):
+        args = block.get("input", block.get("arguments", ""))
+        size = len(args) if isinstance(args, str) else len(str(args))
+        return (("u", block.get("id") or block.get("call_id"), block.get("name"), size),
+                _text_tokens(size) + 8, False)
+    if t in ("tool_result", "function_call_output", "custom_tool_call_output"):
+        c = block.get("content", block.get("output", ""))
+        if isinstance(c, list):
+            total = 0
+            tok = 0
+            media = False
+            for sub in c:
+                sig, k, m = _block_sig(sub)
+                total += hash(sig)
+                tok += k
+                media = media or m
+            return ("r", block.get("tool_use_id") or block.get("call_id"), total), tok, media
+        s = str(c)
+        n, a, b = _text_sig(s)
+        return ("r", block.get("tool_use_id") or block.get("call_id"), n, a, b), \
+            _text_tokens(n), False
+    if t in ("thinking", "redacted_thinking", "reasoning"):
+        sig = block.get("signature") or block.get("encrypted_content") or block.get("data") or ""
+        text = block.get("thinking") or ""
+        return ("k", len(str(sig)), str(sig)[-_EDGE:], len(text)), _text_tokens(len(text)), False
+    # unknown block: its key set and size proxy
+    return ("o", t, len(block)), 4, False
+
+
+@dataclass(slots=True)
+class Chain:
+    """Cumulative fingerprints and token counts, one per prefix block."""
+
+    links: list[int]
+    tokens: list[int]  # cumulative token estimate at each link
+    media: int = 0  # number of media blocks (a new one usually breaks caches)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens[-1] if self.tokens else 0
+
+    def common_tokens(self, other: Chain | None) -> int:
+        """Tokens of the longest prefix this chain shares with ``other``."""
+        if other is None:
+            return 0
+        a, b = self.links, other.links
+        n = min(len(a), len(b))
+        if n == 0:
+            return 0
+        if a[n - 1] == b[n - 1]:  # the common case: pure append
+            return self.tokens[n - 1]
+        lo, hi = 0, n  # links are cumulative: the first mismatch is found by bisection
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if a[mid] == b[mid]:
+                lo = mid + 1
+            else:
+                hi = mid
+        return self.tokens[lo - 1] if lo else 0
+
+
+def _messages_of(fmt: str, body: dict[str, Any]) -> list[Any]:
+    if fmt == "responses":
+        inp = body.get("input")
+        if isinstance(inp, str):
+            return [{"role": "user", "content": inp}]
+        return inp if isinstance(inp, list) else []
+    msgs = body.get("messages")
+    return msgs if isinstance(msgs, list) else []
+
+
+def build_chain(fmt: str, body: dict[str, Any], *, skip_attribution: bool = True) -> Chain:
+    """The prefix chain of a request body in its client format."""
+    links: list[int] = []
+    tokens: list[int] = []
+    h = 0
+    tok = 0
+    media = 0
+
+    def push(sig: tuple[Any, ...], k: int) -> None:
+        nonlocal h, tok
+        h = hash((h, sig))
+        tok += k
+        links.append(h)
+        tokens.append(tok)
+
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        # tools are static across a session: one link for the set, sized by names
+        names = tuple(t.get("name") or t.get("type") or "" if isinstance(t, dict) else ""
+                      for t in tools)
+        push(("tools", names), 60 * len(tools))
+    system = body.get("system") if fmt == "anthropic" else body.get("instructions")
+    if isinstance(system, str) and system:
+        sig, k, _ = _block_sig(system)
+        push(sig, k)
+    elif isinstance(system, list):
+        for blk in system:
+            if skip_attribution and isinstance(blk, dict) and str(blk.get("text", "")).startswith(
+                    "x-anthropic-billing-header:"):
+                continue  # per-session noise; not part of what a cache can share
+            sig, k, _ = _block_sig(blk)
+            push(sig, k)
+    for m in _messages_of(fmt, body):
+        if not isinstance(m, dict):
+            continue
+        role = m.get("role") or m.get("type")
+        content = m.get("content")
+        if content is None and m.get("type"):
+            sig, k, is_media = _block_sig(m)  # a Responses item
+            push((role, sig), k + 4)
+            media += is_media
+            continue
+        if isinstance(content, list):
+            for blk in content:
+                sig, k, is_media = _block_sig(blk)
+                push((role, sig), k)
+                media += is_media
+            for tc in m.get("tool_calls") or ():
+                if isinstance(tc, dict):
+                    fn = tc.get("function") or {}
+                    push(("tc", tc.get("id"), fn.get("name"), len(str(fn.get("arguments")))),
+                         _text_tokens(len(str(fn.get("arguments")))) + 8)
+        else:
+            sig, k, _ = _block_sig(content if isinstance(content, str) else "")
+            push((role, sig, m.get("tool_call_id")), k + 4)
+            for tc in m.get("tool_calls") or ():
+                if isinstance(tc, dict):
+                    fn = tc.get("function") or {}
+                    push(("tc", tc.get("id"), fn.get("name"), len(str(fn.get("arguments")))),
+                         _text_tokens(len(str(fn.get("arguments")))) + 8)
+    return Chain(links, tokens, media)
+
+
+def fallback_session_key(fmt: str, body: dict[str, Any]) -> str | None:
+    """A session key for clients that send none (Aider, plain SDK apps): the
+    system prompt and the first user message, which stay fixed for a
+    conversation."""
+    system: Any = body.get("system") if fmt == "anthropic" else body.get("instructions")
+    first_user: Any = None
+    for m in _messages_of(fmt, body):
+        if not isinstance(m, dict):
+            continue
+        role = m.get("role")
+        if role in ("system", "developer") and system is None:
+            system = m.get("content")
+        elif role == "user":
+            first_user = m.get("content")
+            break
+    if system is None and first_user is None:
+        return None
+    sig = (_block_sig(system)[0] if isinstance(system, str) else
+           tuple(_block_sig(b)[0] for b in system) if isinstance(system, list) else None,
+           _block_sig(first_user)[0] if isinstance(first_user, str) else
+           tuple(_block_sig(b)[0] for b in first_user) if isinstance(first_user, list) else None)
+    # stable across restarts (str hashes are salted per process), so a session
+    # keeps its id in the ledger
+    return "fp-" + hashlib.blake2b(repr(sig).encode(), digest_size=8).hexdigest()
