@@ -4,6 +4,7 @@ one aiohttp application, and its lifecycle."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -218,10 +219,8 @@ async def serve_forever(daemon: Daemon, host: str | None, port: int | None) -> N
     await daemon.start(host, port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # Windows
-            pass
     try:
         await stop.wait()
     finally:

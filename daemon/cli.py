@@ -1,8 +1,9 @@
 """The ``switchman`` command.
 
 ``switchman daemon`` runs the router in the foreground. ``switchman ledger export``
-writes the request ledger as CSV or JSONL. Admin verbs (keys, budgets, policy)
-arrive with the gRPC admin plane and will talk to the daemon only through it.
+writes the request ledger as CSV or JSONL. The admin verbs (status, keys, policy,
+models, config, stats; see ``admin_cli``) talk to a running daemon only through
+the gRPC admin plane.
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     overrides: dict = {}
     if args.sim_time_scale is not None:
         overrides["sim"] = {"time_scale": args.sim_time_scale}
+    from switchman_daemon import managed_config, paths
+
+    data_dir = paths.data_dir(Path(args.data_dir) if args.data_dir else None)
     try:
+        # admin changes (managed.toml) are merged last, over file and flags
+        overrides = managed_config.with_managed(data_dir, overrides)
         config = load_config(_config_path(args.config), overrides=overrides)
     except ConfigError as e:
         print(f"switchman: {e}", file=sys.stderr)
         return 2
-    daemon = Daemon(config, Path(args.data_dir) if args.data_dir else None)
+    daemon = Daemon(config, data_dir)
     try:
         asyncio.run(serve_forever(daemon, args.host, args.port))
     except OSError as e:
@@ -85,6 +91,8 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from switchman_daemon.admin_cli import add_admin_commands
+
     p = argparse.ArgumentParser(prog="switchman", description="Cache-aware model router "
                                 "for coding agents.")
     p.add_argument("--version", action="version", version=f"switchman {__version__}")
@@ -109,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data-dir", default=None)
     ex.add_argument("--config", default=None)
     ex.set_defaults(func=cmd_ledger_export)
+    add_admin_commands(sub)
     return p
 
 

@@ -88,15 +88,18 @@ def ensure_admin_tables(engine: Engine) -> None:
 def get_or_create_secret(engine: Engine, key: str, nbytes: int = 32) -> bytes:
     """A per-install random secret stored in ``admin_kv`` (created on first use)."""
     ensure_admin_tables(engine)
-    with engine.begin() as conn:
-        found = conn.execute(
-            sa.select(admin_kv.c.value).where(admin_kv.c.key == key)
-        ).scalar_one_or_none()
-        if found is not None:
-            return bytes.fromhex(found)
-        value = secrets.token_bytes(nbytes)
-        conn.execute(sa.insert(admin_kv).values(key=key, value=value.hex()))
-    return value
+    select = sa.select(admin_kv.c.value).where(admin_kv.c.key == key)
+    try:
+        with engine.begin() as conn:
+            found = conn.execute(select).scalar_one_or_none()
+            if found is not None:
+                return bytes.fromhex(found)
+            value = secrets.token_bytes(nbytes)
+            conn.execute(sa.insert(admin_kv).values(key=key, value=value.hex()))
+        return value
+    except sa.exc.IntegrityError:  # another process created it first: use theirs
+        with engine.connect() as conn:
+            return bytes.fromhex(conn.execute(select).scalar_one())
 
 
 def read_watermark(engine: Engine, job: str) -> float | None:

@@ -10,6 +10,9 @@ from tests.support.running import RunningDaemon
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+# admin-plane fixtures: mem_keyring, admin_daemon, client
+pytest_plugins = ["tests.support.admin"]
+
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[RunningDaemon]:

@@ -8,8 +8,8 @@ throughput target.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp

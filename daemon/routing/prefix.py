@@ -137,7 +137,8 @@ def build_chain(fmt: str, body: dict[str, Any], *, skip_attribution: bool = True
         # tools are static across a session: one link for the set, sized by names
         names = tuple(t.get("name") or t.get("type") or "" if isinstance(t, dict) else ""
                       for t in tools)
-        push(("tools", names), 60 * len(tools))
+        desc = sum(len(str(t.get("description") or "")) for t in tools if isinstance(t, dict))
+        push(("tools", names, desc), _text_tokens(desc) + 120 * len(tools))
     system = body.get("system") if fmt == "anthropic" else body.get("instructions")
     if isinstance(system, str) and system:
         sig, k, _ = _block_sig(system)

@@ -95,9 +95,10 @@ class Router:
                  quality: QualityPredictor | None = None) -> None:
         self.config = config
         self.registry = registry
-        self.tracker = tracker or CacheTracker()
-        self.latency = latency or LatencyModel()
-        self.quality = quality or QualityPredictor()
+        # "is not None": an empty tracker is falsy (it has a __len__)
+        self.tracker = tracker if tracker is not None else CacheTracker()
+        self.latency = latency if latency is not None else LatencyModel()
+        self.quality = quality if quality is not None else QualityPredictor()
         self._fallback_cache: dict[tuple[str, bool, bool, int], list[ModelInfo]] = {}
 
     # -- constraints ------------------------------------------------------------

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19switchman/v1/daemon.proto\x12\x0cswitchman.v1\"\x0f\n\rStatusRequest\"\xc6\x01\n\x0bStatusReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nstarted_at\x18\x02 \x01(\x01\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x11\n\tproxy_url\x18\x04 \x01(\t\x12\x11\n\tproviders\x18\x05 \x03(\t\x12\x0e\n\x06models\x18\x06 \x01(\x05\x12\x17\n\x0fsessions_active\x18\x07 \x01(\x05\x12\x12\n\nlocal_open\x18\x08 \x01(\x08\x12\x10\n\x08\x64\x61ta_dir\x18\t \x01(\t\x12\x0b\n\x03pid\x18\n \x01(\x05\"\x15\n\x13\x45xportConfigRequest\"!\n\x11\x45xportConfigReply\x12\x0c\n\x04toml\x18\x01 \x01(\t\"4\n\x13ImportConfigRequest\x12\x0c\n\x04toml\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"$\n\x11ImportConfigReply\x12\x0f\n\x07\x63hanged\x18\x01 \x03(\t\"\x11\n\x0fShutdownRequest\"\x0f\n\rShutdownReply2\xc1\x02\n\rDaemonService\x12@\n\x06Status\x12\x1b.switchman.v1.StatusRequest\x1a\x19.switchman.v1.StatusReply\x12R\n\x0c\x45xportConfig\x12!.switchman.v1.ExportConfigRequest\x1a\x1f.switchman.v1.ExportConfigReply\x12R\n\x0cImportConfig\x12!.switchman.v1.ImportConfigRequest\x1a\x1f.switchman.v1.ImportConfigReply\x12\x46\n\x08Shutdown\x12\x1d.switchman.v1.ShutdownRequest\x1a\x1b.switchman.v1.ShutdownReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19switchman/v1/daemon.proto\x12\x0cswitchman.v1\"\x0f\n\rStatusRequest\"\xc6\x01\n\x0bStatusReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\nstarted_at\x18\x02 \x01(\x01\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12\x11\n\tproxy_url\x18\x04 \x01(\t\x12\x11\n\tproviders\x18\x05 \x03(\t\x12\x0e\n\x06models\x18\x06 \x01(\x05\x12\x17\n\x0fsessions_active\x18\x07 \x01(\x05\x12\x12\n\nlocal_open\x18\x08 \x01(\x08\x12\x10\n\x08\x64\x61ta_dir\x18\t \x01(\t\x12\x0b\n\x03pid\x18\n \x01(\x05\"\x15\n\x13\x45xportConfigRequest\"!\n\x11\x45xportConfigReply\x12\x0c\n\x04toml\x18\x01 \x01(\t\"4\n\x13ImportConfigRequest\x12\x0c\n\x04toml\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\">\n\x11ImportConfigReply\x12\x0f\n\x07\x63hanged\x18\x01 \x03(\t\x12\x18\n\x10restart_required\x18\x02 \x01(\x08\"\x11\n\x0fShutdownRequest\"\x0f\n\rShutdownReply2\xc1\x02\n\rDaemonService\x12@\n\x06Status\x12\x1b.switchman.v1.StatusRequest\x1a\x19.switchman.v1.StatusReply\x12R\n\x0c\x45xportConfig\x12!.switchman.v1.ExportConfigRequest\x1a\x1f.switchman.v1.ExportConfigReply\x12R\n\x0cImportConfig\x12!.switchman.v1.ImportConfigRequest\x1a\x1f.switchman.v1.ImportConfigReply\x12\x46\n\x08Shutdown\x12\x1d.switchman.v1.ShutdownRequest\x1a\x1b.switchman.v1.ShutdownReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,11 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMPORTCONFIGREQUEST']._serialized_start=319
   _globals['_IMPORTCONFIGREQUEST']._serialized_end=371
   _globals['_IMPORTCONFIGREPLY']._serialized_start=373
-  _globals['_IMPORTCONFIGREPLY']._serialized_end=409
-  _globals['_SHUTDOWNREQUEST']._serialized_start=411
-  _globals['_SHUTDOWNREQUEST']._serialized_end=428
-  _globals['_SHUTDOWNREPLY']._serialized_start=430
-  _globals['_SHUTDOWNREPLY']._serialized_end=445
-  _globals['_DAEMONSERVICE']._serialized_start=448
-  _globals['_DAEMONSERVICE']._serialized_end=769
+  _globals['_IMPORTCONFIGREPLY']._serialized_end=435
+  _globals['_SHUTDOWNREQUEST']._serialized_start=437
+  _globals['_SHUTDOWNREQUEST']._serialized_end=454
+  _globals['_SHUTDOWNREPLY']._serialized_start=456
+  _globals['_SHUTDOWNREPLY']._serialized_end=471
+  _globals['_DAEMONSERVICE']._serialized_start=474
+  _globals['_DAEMONSERVICE']._serialized_end=795
 # @@protoc_insertion_point(module_scope)

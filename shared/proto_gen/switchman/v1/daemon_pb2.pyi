@@ -146,6 +146,9 @@ class ImportConfigReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGED_FIELD_NUMBER: _builtins.int
+    RESTART_REQUIRED_FIELD_NUMBER: _builtins.int
+    restart_required: _builtins.bool
+    """daemon / sim / ledger settings changed: saved, take effect after a restart"""
     @_builtins.property
     def changed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """top-level sections that changed"""
@@ -154,10 +157,11 @@ class ImportConfigReply(_message.Message):
         self,
         *,
         changed: _abc.Iterable[_builtins.str] | None = ...,
+        restart_required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "restart_required", b"restart_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

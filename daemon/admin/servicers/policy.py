@@ -1,0 +1,79 @@
+"""PolicyService: objective weights, fallbacks, rules, and a what-if preview."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from switchman_daemon.managed_config import ConfigEditor
+from switchman_daemon.routing.router import Router
+from switchman_daemon.routing.signals import Signals
+from switchman_shared.config_schema import Config, Objective
+from switchman_shared.proto_gen.switchman.v1 import policy_pb2 as pb
+from switchman_shared.proto_gen.switchman.v1 import policy_pb2_grpc
+
+if TYPE_CHECKING:
+    from switchman_daemon.app import Daemon
+
+_WEIGHTS = ("cost", "quality", "latency")
+_ALL_PATHS = ("objective", "rules", "fallbacks", "honour_requested_model")
+
+
+def policy_msg(cfg: Config) -> pb.Policy:
+    r = cfg.routing
+    o = r.objective
+    return pb.Policy(
+        objective=pb.Objective(cost=o.cost, quality=o.quality, latency=o.latency),
+        fallbacks={m: pb.ModelList(models=fs) for m, fs in r.fallbacks.items()},
+        honour_requested_model=r.honour_requested_model)
+
+
+def policy_delta(policy: pb.Policy, paths: list[str]) -> dict[str, Any]:
+    """The routing-config change a SetPolicy request asks for."""
+    routing: dict[str, Any] = {}
+    for path in paths or _ALL_PATHS:
+        head, _, leaf = path.partition(".")
+        if head == "objective" and (not leaf or leaf in _WEIGHTS):
+            obj = routing.setdefault("objective", {})
+            for w in (leaf,) if leaf else _WEIGHTS:
+                obj[w] = getattr(policy.objective, w)
+        elif path == "fallbacks":
+            # merged per model; an empty list clears that model's fallbacks
+            routing["fallbacks"] = {m: list(fl.models) for m, fl in policy.fallbacks.items()}
+        elif path == "honour_requested_model":
+            routing["honour_requested_model"] = policy.honour_requested_model
+        elif path == "rules":
+            if policy.rules:
+                raise NotImplementedError("routing rules are not supported by this daemon yet")
+        else:
+            raise ValueError(f"unknown policy field {path!r} in update_mask")
+    return {"routing": routing}
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(self, daemon: Daemon, editor: ConfigEditor) -> None:
+        self.daemon = daemon
+        self.editor = editor
+
+    async def GetPolicy(self, request: pb.GetPolicyRequest, context: Any) -> pb.Policy:
+        return policy_msg(self.editor.config)
+
+    async def SetPolicy(self, request: pb.SetPolicyRequest, context: Any) -> pb.Policy:
+        delta = policy_delta(request.policy, list(request.update_mask.paths))
+        return policy_msg(await self.editor.change(delta))
+
+    async def Preview(self, request: pb.PreviewRequest, context: Any) -> pb.PreviewReply:
+        assert self.daemon.ctx is not None
+        ctx = self.daemon.ctx
+        cfg = ctx.config
+        if request.HasField("objective"):
+            o = request.objective
+            obj = Objective(cost=o.cost, quality=o.quality, latency=o.latency)
+            cfg = cfg.model_copy(update={"routing": cfg.routing.model_copy(
+                update={"objective": obj})})
+        s = Signals(client_format="chat", requested_model=request.requested_model, stream=False,
+                    session_id=request.session_id or None, has_tools=request.has_tools,
+                    has_images=request.has_images,
+                    approx_input_tokens=int(request.input_tokens))
+        d = Router(cfg, ctx.registry).choose(s)
+        return pb.PreviewReply(model=d.model.name, how=d.how,
+                               fallbacks=[m.name for m in d.fallbacks], reasons=d.reasons)

@@ -1,0 +1,196 @@
+"""The CLI's admin verbs: each is one call through ``AdminClient`` (the same
+client the console uses); none touches daemon internals or files directly."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from switchman_shared.admin_client import AdminClient
+from switchman_shared.admin_errors import AdminError
+from switchman_shared.proto_gen.switchman.v1 import providers_pb2
+
+_SOURCE = {providers_pb2.KEY_SOURCE_KEYRING: "keyring", providers_pb2.KEY_SOURCE_ENV: "env",
+           providers_pb2.KEY_SOURCE_NONE: "none"}
+
+
+def _out(line: str = "") -> None:
+    print(line, file=sys.stdout)
+
+
+def _admin(fn: Callable[[AdminClient, argparse.Namespace], int | None]
+           ) -> Callable[[argparse.Namespace], int]:
+    """Connect, run ``fn``, and turn AdminError into a message and exit code."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with AdminClient.connect(args.data_dir) as client:
+                return int(fn(client, args) or 0)
+        except AdminError as e:
+            print(f"switchman: {e.message}", file=sys.stderr)
+            return 3 if e.kind == "unavailable" else 1
+    return run
+
+
+def cmd_status(c: AdminClient, args: argparse.Namespace) -> None:
+    s = c.status()
+    _out(f"switchman {s.version}  pid {s.pid}  up {s.uptime_s:.0f}s")
+    _out(f"proxy      {s.proxy_url}")
+    _out(f"providers  {', '.join(s.providers) or '-'}")
+    _out(f"models     {s.models}")
+    _out(f"sessions   {s.sessions_active} active")
+    _out(f"local_open {str(s.local_open).lower()}")
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    # never from argv: it would land in shell history and the process list
+    if args.stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().strip()
+    return getpass.getpass(f"API key for {args.provider}: ").strip()
+
+
+def cmd_keys_set(c: AdminClient, args: argparse.Namespace) -> None:
+    p = c.set_key(args.provider, _read_key(args))
+    _out(f"{p.name}: key stored ({p.key.masked}, fingerprint {p.key.fingerprint})")
+
+
+def cmd_keys_test(c: AdminClient, args: argparse.Namespace) -> int:
+    r = c.test_key(args.provider)
+    _out(("ok: " if r.ok else "failed: ") + r.message)
+    return 0 if r.ok else 1
+
+
+def cmd_keys_rm(c: AdminClient, args: argparse.Namespace) -> None:
+    c.remove_key(args.provider)
+    _out(f"{args.provider}: key removed")
+
+
+def cmd_keys_ls(c: AdminClient, args: argparse.Namespace) -> None:
+    rows = [("PROVIDER", "KIND", "KEY", "SOURCE", "FINGERPRINT", "REF")]
+    for p in c.list_providers():
+        key = p.key.masked if p.key.set else ("-" if p.needs_key else "(not needed)")
+        rows.append((p.name, p.kind, key, _SOURCE.get(p.key.source, "?"),
+                     p.key.fingerprint or "-", p.key.ref or "-"))
+    _table(rows)
+
+
+def cmd_policy_show(c: AdminClient, args: argparse.Namespace) -> None:
+    _print_policy(c.get_policy())
+
+
+def cmd_policy_set(c: AdminClient, args: argparse.Namespace) -> None:
+    _print_policy(c.set_objective(args.cost, args.quality, args.latency))
+
+
+def _print_policy(p: Any) -> None:
+    o = p.objective
+    _out(f"objective  cost={o.cost:g} quality={o.quality:g} latency={o.latency:g}")
+    _out(f"honour_requested_model  {str(p.honour_requested_model).lower()}")
+    for model, fl in sorted(p.fallbacks.items()):
+        _out(f"fallbacks  {model} -> {', '.join(fl.models) or '(none)'}")
+
+
+def cmd_models_ls(c: AdminClient, args: argparse.Namespace) -> None:
+    rows = [("MODEL", "PROVIDER", "IN $/M", "OUT $/M", "CACHE R", "W 5m", "W 1h", "CONTEXT",
+             "CAPS", "ENABLED")]
+    for m in c.list_models(include_disabled=args.all):
+        p, cap = m.prices, m.capabilities
+        caps = ",".join(n for n, on in (("tools", cap.tools), ("vision", cap.vision),
+                                        ("thinking", cap.thinking)) if on) or "-"
+        rows.append((m.name, m.provider, f"{p.input:g}", f"{p.output:g}", f"{p.cache_read:g}",
+                     f"{p.cache_write_5m:g}", f"{p.cache_write_1h:g}", str(m.context_window),
+                     caps, "yes" if m.enabled else "no"))
+    _table(rows)
+
+
+def cmd_config_export(c: AdminClient, args: argparse.Namespace) -> None:
+    text = c.export_config()
+    if args.output and args.output != "-":
+        Path(args.output).write_text(text, "utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_config_import(c: AdminClient, args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.file).read_text("utf-8")
+    except OSError as e:
+        print(f"switchman: cannot read {args.file}: {e.strerror}", file=sys.stderr)
+        return 2
+    r = c.import_config(text, dry_run=args.dry_run)
+    verb = "would change" if args.dry_run else "changed"
+    _out(f"{verb}: {', '.join(r.changed) or 'nothing'}")
+    if r.restart_required:
+        _out("restart the daemon for the daemon/sim/ledger settings to take effect")
+    return 0
+
+
+def cmd_stats(c: AdminClient, args: argparse.Namespace) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    snap = c.stats_snapshot()
+    if args.json:
+        _out(json.dumps(MessageToDict(snap, preserving_proto_field_name=True), indent=2))
+        return
+    t = snap.totals
+    _out(f"requests {t.requests}  errors {t.errors}  spend ${t.spend_usd:.4f}  "
+         f"baseline ${t.baseline_usd:.4f}  saved ${t.savings_usd:.4f}  "
+         f"cache hits {t.cache_hit_rate:.0%}")
+    for kt in snap.by_model:
+        _out(f"  {kt.key}: {kt.totals.requests} req, ${kt.totals.spend_usd:.4f}")
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def add_admin_commands(sub: Any) -> None:
+    """Add the admin verbs to the ``switchman`` subparsers."""
+    def verb(parent: Any, name: str, fn: Callable[..., Any], help: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help)
+        p.add_argument("--data-dir", default=None, help="the daemon's data directory")
+        p.set_defaults(func=_admin(fn))
+        return p
+
+    verb(sub, "status", cmd_status, "the running daemon's status")
+
+    keys = sub.add_parser("keys", help="provider API keys (stored in the OS keyring)")
+    ks = keys.add_subparsers(dest="keys_command", required=True)
+    p = verb(ks, "set", cmd_keys_set, "store or rotate a provider's key (prompted, never argv)")
+    p.add_argument("provider")
+    p.add_argument("--stdin", action="store_true", help="read the key from stdin")
+    verb(ks, "test", cmd_keys_test, "test a provider's key with one cheap call").add_argument(
+        "provider")
+    verb(ks, "rm", cmd_keys_rm, "remove a provider's key from the keyring").add_argument(
+        "provider")
+    verb(ks, "ls", cmd_keys_ls, "providers and their key status (masked)")
+
+    pol = sub.add_parser("policy", help="the routing objective")
+    ps = pol.add_subparsers(dest="policy_command", required=True)
+    verb(ps, "show", cmd_policy_show, "show the routing policy")
+    p = verb(ps, "set", cmd_policy_set, "set objective weights (0..1); unset ones stay")
+    for w in ("cost", "quality", "latency"):
+        p.add_argument(f"--{w}", type=float, default=None)
+
+    mod = sub.add_parser("models", help="the model pool")
+    ms = mod.add_subparsers(dest="models_command", required=True)
+    verb(ms, "ls", cmd_models_ls, "models with prices and capabilities").add_argument(
+        "--all", action="store_true", help="include disabled models")
+
+    cfg = sub.add_parser("config", help="the daemon's effective config")
+    cs = cfg.add_subparsers(dest="config_command", required=True)
+    verb(cs, "export", cmd_config_export, "write the effective config (no secrets)"
+         ).add_argument("-o", "--output", default=None, help="file (default stdout)")
+    p = verb(cs, "import", cmd_config_import, "apply a TOML config to the running daemon")
+    p.add_argument("file")
+    p.add_argument("--dry-run", action="store_true", help="validate only")
+
+    verb(sub, "stats", cmd_stats, "spend, savings and cache hits (snapshot)").add_argument(
+        "--json", action="store_true")

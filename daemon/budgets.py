@@ -1,0 +1,596 @@
+"""Dollar budgets that actually stop spend: reserve before forwarding, settle after.
+
+Scopes: ``global`` (every request), ``team_key`` and ``session``. A team-key or
+session budget with ``subject=None`` is a template: it applies to *each* key or
+session separately (e.g. "every session may spend $5 a day"). Periods ``daily``,
+``weekly`` (from Monday), ``monthly`` and ``total`` start at local midnight in the
+budget's own time zone.
+
+Concurrency: ``reserve`` checks every applicable budget and books the estimate on
+all of them under one lock, so concurrent requests cannot all pass the same
+check. A request is admitted only if ``spent + reserved + estimate <= hard``; as
+long as a request's real cost does not exceed its estimate, a hard limit is never
+overspent, and each request that does exceed it overspends by at most its excess.
+``settle`` releases the reservation and books the real cost.
+
+Counters (spent and reserved in the current period) live in memory; spent is
+loaded from the ledger's ``requests`` table when the budget is loaded or created,
+and reset to zero when the period rolls over (checked lazily on each call and by
+``sweep``). A request's cost belongs to the period in which it was reserved, like
+the ledger's ``started_at``: a request straddling midnight counts for the old day.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any, Literal, Protocol
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from switchman_daemon.ledger.schema import requests
+from switchman_daemon.store_tables import budgets as budgets_table
+from switchman_daemon.store_tables import ensure_admin_tables
+
+Scope = Literal["global", "team_key", "session"]
+Period = Literal["daily", "weekly", "monthly", "total"]
+State = Literal["ok", "soft", "hard"]
+SCOPES: tuple[str, ...] = ("global", "team_key", "session")
+PERIODS: tuple[str, ...] = ("daily", "weekly", "monthly", "total")
+
+# Forecast model knobs (see ``Budgets.forecast``).
+_RECENT_TURNS = 10
+_MAX_REMAINING_TURNS = 200
+_SESSION_TRAILS = 10_000
+
+
+class _Prices(Protocol):
+    input: float
+    output: float
+    cache_write_5m: float
+
+
+def estimate_usd(prompt_tokens: int, max_output_tokens: int, prices: _Prices) -> float:
+    """A cautious upper estimate of a request's cost, for ``reserve``: the whole
+    prompt priced as a 5-minute cache write (the dearest common case; a cache hit
+    only makes it cheaper) plus the full output allowance. Prices are USD per
+    million tokens, as in ``models.Prices``."""
+    per_in = max(prices.input, prices.cache_write_5m)
+    return (max(prompt_tokens, 0) * per_in + max(max_output_tokens, 0) * prices.output) / 1e6
+
+
+def period_bounds(period: str, tz: ZoneInfo, now: float) -> tuple[float, float]:
+    """[start, end) of the period containing ``now``, as epoch seconds, with the
+    boundaries at local midnight in ``tz`` (DST-aware)."""
+    if period == "total":
+        return 0.0, math.inf
+    today = datetime.fromtimestamp(now, tz).date()
+    if period == "daily":
+        first, nxt = today, today + timedelta(days=1)
+    elif period == "weekly":
+        first = today - timedelta(days=today.weekday())
+        nxt = first + timedelta(days=7)
+    elif period == "monthly":
+        first = today.replace(day=1)
+        nxt = date(first.year + (first.month == 12), first.month % 12 + 1, 1)
+    else:
+        raise ValueError(f"unknown budget period {period!r}")
+    start = datetime.combine(first, dtime(0), tzinfo=tz).timestamp()
+    end = datetime.combine(nxt, dtime(0), tzinfo=tz).timestamp()
+    return min(start, now), end
+
+
+class BudgetExceeded(Exception):
+    """A hard limit would be crossed. ``str(exc)`` is the user-facing message; the
+    relay renders it as a 429 in the client's error format."""
+
+    def __init__(
+        self,
+        scope: str,
+        limit: float,
+        spent: float,
+        reason: str,
+        *,
+        budget_id: str = "",
+        reserved: float = 0.0,
+        estimate: float = 0.0,
+        resets_at: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.scope = scope
+        self.limit = limit
+        self.spent = spent
+        self.reason = reason
+        self.budget_id = budget_id
+        self.reserved = reserved
+        self.estimate = estimate
+        self.resets_at = resets_at
+
+    def retry_after_s(self, now: float | None = None) -> float | None:
+        """Seconds until the period resets (None for a ``total`` budget)."""
+        if self.resets_at is None or math.isinf(self.resets_at):
+            return None
+        return max(0.0, self.resets_at - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    id: str
+    scope: Scope
+    period: Period
+    soft_usd: float | None = None
+    hard_usd: float | None = None
+    subject: str | None = None  # key id / session id; None = each one separately
+    timezone: str = "UTC"
+    name: str = ""
+    created_at: float = 0.0
+
+    def subject_for(self, team_key_id: str | None, session_id: str | None) -> str | None:
+        """The counter this budget charges for a request, or None if it does not apply."""
+        if self.scope == "global":
+            return ""
+        who = team_key_id if self.scope == "team_key" else session_id
+        if who is None or (self.subject is not None and self.subject != who):
+            return None
+        return who
+
+    def label(self) -> str:
+        if self.name:
+            return f"{self.scope.replace('_', ' ')} budget '{self.name}'"
+        if self.scope == "global":
+            return "global budget"
+        return f"{self.scope.replace('_', ' ')} budget"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scope": self.scope,
+            "subject": self.subject,
+            "period": self.period,
+            "timezone": self.timezone,
+            "soft_usd": self.soft_usd,
+            "hard_usd": self.hard_usd,
+            "created_at": self.created_at,
+        }
+
+
+class _Counter:
+    __slots__ = ("reserved", "spent")
+
+    def __init__(self, spent: float = 0.0) -> None:
+        self.spent = spent
+        self.reserved = 0.0
+
+
+@dataclass(slots=True)
+class _Live:
+    """A budget with its current period and one counter per subject."""
+
+    budget: Budget
+    tz: ZoneInfo
+    start: float
+    end: float
+    counters: dict[str, _Counter] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Reservation:
+    id: int
+    team_key_id: str | None
+    session_id: str | None
+    estimate_usd: float
+    created_at: float
+    state: State  # "soft" if any soft limit is reached with this request
+    soft_budgets: tuple[str, ...]  # ids of the budgets in their soft zone
+    _entries: list[tuple[_Counter, float]] = field(default_factory=list, repr=False)
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    """What routing needs before choosing a model."""
+
+    state: State
+    soft_budgets: tuple[str, ...]
+    headroom_usd: float  # smallest room left under an applicable hard limit (inf if none)
+
+
+class _Trail:
+    __slots__ = ("count", "recent", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.recent: deque[float] = deque(maxlen=_RECENT_TURNS)
+
+    def add(self, cost: float) -> None:
+        self.count += 1
+        self.total += cost
+        self.recent.append(cost)
+
+
+class Budgets:
+    """Budget definitions (persisted) and their live counters (in memory)."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        ensure_admin_tables(engine)
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._live: dict[str, _Live] = {}
+        self._trails: OrderedDict[str, _Trail] = OrderedDict()
+        with engine.connect() as conn:
+            rows = list(conn.execute(sa.select(budgets_table)).mappings())
+        now = clock()
+        for r in rows:
+            b = Budget(**{k: r[k] for k in Budget.__slots__})  # type: ignore[attr-defined]
+            self._live[b.id] = self._load(b, now)
+
+    # ---- definitions ------------------------------------------------------------
+
+    def set(
+        self,
+        scope: Scope,
+        period: Period,
+        *,
+        soft_usd: float | None = None,
+        hard_usd: float | None = None,
+        subject: str | None = None,
+        timezone: str = "UTC",
+        name: str = "",
+        budget_id: str | None = None,
+    ) -> Budget:
+        """Create a budget, or replace the one with ``budget_id``. Changing only the
+        limits keeps its counters; changing what it covers reloads them."""
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+        if period not in PERIODS:
+            raise ValueError(f"period must be one of {', '.join(PERIODS)}")
+        if soft_usd is None and hard_usd is None:
+            raise ValueError("a budget needs a soft or a hard limit")
+        for v in (soft_usd, hard_usd):
+            if v is not None and (v < 0 or not math.isfinite(v)):
+                raise ValueError("limits must be finite and non-negative")
+        if soft_usd is not None and hard_usd is not None and soft_usd > hard_usd:
+            raise ValueError("the soft limit must not be above the hard limit")
+        if scope == "global" and subject is not None:
+            raise ValueError("a global budget has no subject")
+        try:
+            ZoneInfo(timezone)
+        except Exception as e:
+            raise ValueError(f"unknown time zone {timezone!r}") from e
+        old = self._live.get(budget_id) if budget_id else None
+        b = Budget(
+            id=budget_id or "bg_" + uuid.uuid4().hex[:16],
+            scope=scope,
+            period=period,
+            soft_usd=soft_usd,
+            hard_usd=hard_usd,
+            subject=subject,
+            timezone=timezone,
+            name=name,
+            created_at=old.budget.created_at if old else self.clock(),
+        )
+        values = b.to_dict()
+        with self.engine.begin() as conn:
+            if conn.execute(
+                sa.update(budgets_table).where(budgets_table.c.id == b.id).values(values)
+            ).rowcount == 0:
+                conn.execute(sa.insert(budgets_table).values(values))
+        same_cover = old is not None and (
+            (old.budget.scope, old.budget.subject, old.budget.period, old.budget.timezone)
+            == (scope, subject, period, timezone)
+        )
+        live = None if same_cover else self._load(b, self.clock())  # DB read outside lock
+        with self._lock:
+            cur = self._live.get(b.id)
+            if live is None and cur is not None:
+                cur.budget = b
+            else:
+                self._live[b.id] = live or self._load(b, self.clock())
+        return b
+
+    def get(self, budget_id: str) -> Budget | None:
+        live = self._live.get(budget_id)
+        return live.budget if live else None
+
+    def list(self) -> list[Budget]:
+        return sorted((lv.budget for lv in self._live.values()), key=lambda b: b.created_at)
+
+    def remove(self, budget_id: str) -> bool:
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                sa.delete(budgets_table).where(budgets_table.c.id == budget_id)
+            ).rowcount
+        with self._lock:
+            gone = self._live.pop(budget_id, None)
+        return bool(n) or gone is not None
+
+    # ---- hot path -----------------------------------------------------------------
+
+    def check(self, team_key_id: str | None, session_id: str | None) -> BudgetCheck:
+        """Soft/hard state for a request before routing (reserves nothing)."""
+        now = self.clock()
+        state: State = "ok"
+        soft: list[str] = []
+        headroom = math.inf
+        with self._lock:
+            for live in self._live.values():
+                b = live.budget
+                who = b.subject_for(team_key_id, session_id)
+                if who is None:
+                    continue
+                self._roll(live, now)
+                c = live.counters.get(who)
+                used = (c.spent + c.reserved) if c else 0.0
+                if b.hard_usd is not None:
+                    headroom = min(headroom, b.hard_usd - used)
+                    if used >= b.hard_usd:
+                        state = "hard"
+                if b.soft_usd is not None and used >= b.soft_usd:
+                    soft.append(b.id)
+                    if state == "ok":
+                        state = "soft"
+        return BudgetCheck(state, tuple(soft), max(headroom, 0.0))
+
+    def reserve(
+        self, team_key_id: str | None, session_id: str | None, estimate_usd: float
+    ) -> Reservation:
+        """Book ``estimate_usd`` on every applicable budget, or raise BudgetExceeded
+        (booking nothing) if any hard limit would be crossed."""
+        est = max(float(estimate_usd), 0.0)
+        now = self.clock()
+        with self._lock:
+            hits: list[tuple[_Live, _Counter]] = []
+            for live in self._live.values():
+                b = live.budget
+                who = b.subject_for(team_key_id, session_id)
+                if who is None:
+                    continue
+                self._roll(live, now)
+                c = live.counters.get(who)
+                if c is None:
+                    c = live.counters[who] = _Counter()
+                if b.hard_usd is not None and c.spent + c.reserved + est > b.hard_usd:
+                    raise _exceeded(live, c, est)
+                hits.append((live, c))
+            soft = tuple(
+                lv.budget.id
+                for lv, c in hits
+                if lv.budget.soft_usd is not None
+                and c.spent + c.reserved + est >= lv.budget.soft_usd
+            )
+            for _, c in hits:
+                c.reserved += est
+            return Reservation(
+                id=next(self._ids),
+                team_key_id=team_key_id,
+                session_id=session_id,
+                estimate_usd=est,
+                created_at=now,
+                state="soft" if soft else "ok",
+                soft_budgets=soft,
+                _entries=[(c, est) for _, c in hits],
+            )
+
+    def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        """Release the reservation and book the real cost (idempotent). Call it for
+        every reservation, with 0.0 when the request failed before costing anything."""
+        actual = max(float(actual_usd), 0.0)
+        now = self.clock()
+        r = reservation
+        with self._lock:
+            if r.settled:
+                return
+            r.settled = True
+            for c, amt in r._entries:
+                c.reserved = max(c.reserved - amt, 0.0)
+            # Book on every budget that covers the request now and whose period holds
+            # the request's start (a budget created meanwhile counts it too; a period
+            # that has since rolled over is not charged).
+            for live in self._live.values():
+                who = live.budget.subject_for(r.team_key_id, r.session_id)
+                if who is None:
+                    continue
+                self._roll(live, now)
+                if live.start <= r.created_at < live.end:
+                    c = live.counters.get(who)
+                    if c is None:
+                        c = live.counters[who] = _Counter()
+                    c.spent += actual
+            if r.session_id is not None and actual > 0:
+                trail = self._trails.get(r.session_id)
+                if trail is None:
+                    trail = self._trails[r.session_id] = _Trail()
+                    if len(self._trails) > _SESSION_TRAILS:
+                        self._trails.popitem(last=False)
+                else:
+                    self._trails.move_to_end(r.session_id)
+                trail.add(actual)
+
+    # ---- reporting ------------------------------------------------------------------
+
+    def status(self, max_subjects: int = 50) -> list[dict[str, Any]]:
+        """One row per budget and subject: spent, reserved, limits, period, state.
+        Templates list their ``max_subjects`` biggest spenders this period."""
+        now = self.clock()
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            for live in sorted(self._live.values(), key=lambda lv: lv.budget.created_at):
+                self._roll(live, now)
+                b = live.budget
+                if b.scope == "global" or b.subject is not None:
+                    key = "" if b.scope == "global" else b.subject
+                    items = [(key, live.counters.get(key or "") or _Counter())]
+                else:
+                    items = sorted(
+                        live.counters.items(),
+                        key=lambda kv: kv[1].spent + kv[1].reserved,
+                        reverse=True,
+                    )[:max_subjects]
+                for who, c in items:
+                    out.append(self._row(live, who or None, c))
+        return out
+
+    def _row(self, live: _Live, who: str | None, c: _Counter) -> dict[str, Any]:
+        b = live.budget
+        used = c.spent + c.reserved
+        state: State = "ok"
+        if b.hard_usd is not None and used >= b.hard_usd:
+            state = "hard"
+        elif b.soft_usd is not None and used >= b.soft_usd:
+            state = "soft"
+        return {
+            **b.to_dict(),
+            "subject": who,
+            "template": b.scope != "global" and b.subject is None,
+            "spent_usd": c.spent,
+            "reserved_usd": c.reserved,
+            "period_start": live.start,
+            "period_end": None if math.isinf(live.end) else live.end,
+            "state": state,
+        }
+
+    def forecast(self, session_id: str) -> dict[str, Any]:
+        """Cost-to-finish estimate for a session.
+
+        Model (deliberately simple, and only a guess): per-turn cost is the mean of
+        the session's last 10 priced requests (recent, because each turn resends a
+        growing context); the number of turns still to come is the number already
+        taken (the Copernican guess: with no other knowledge, something that has
+        lasted n steps is as likely to be in its first half as its second), capped
+        at 200. Every priced request counts as a turn, sub-agent calls included.
+        """
+        with self._lock:
+            trail = self._trails.get(session_id)
+            snap = (trail.count, trail.total, list(trail.recent)) if trail else None
+        if snap is None:
+            snap = self._trail_from_ledger(session_id)
+        turns, spent, recent = snap
+        per_turn = sum(recent) / len(recent) if recent else 0.0
+        remaining_turns = min(turns, _MAX_REMAINING_TURNS)
+        remaining = per_turn * remaining_turns
+        headroom = self.check(None, session_id).headroom_usd
+        return {
+            "session_id": session_id,
+            "turns": turns,
+            "spent_usd": spent,
+            "cost_per_turn_usd": per_turn,
+            "expected_remaining_turns": remaining_turns,
+            "forecast_remaining_usd": remaining,
+            "forecast_total_usd": spent + remaining,
+            "budget_headroom_usd": None if math.isinf(headroom) else headroom,
+            "turns_left_in_budget": (
+                None if math.isinf(headroom) or per_turn <= 0 else int(headroom // per_turn)
+            ),
+            "method": "mean of last 10 turns x turns so far (capped at 200)",
+        }
+
+    def _trail_from_ledger(self, session_id: str) -> tuple[int, float, list[float]]:
+        c = requests.c
+        with self.engine.connect() as conn:
+            n, total = conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0)).where(
+                    c.session_id == session_id, c.cost_usd > 0
+                )
+            ).one()
+            recent = list(
+                conn.execute(
+                    sa.select(c.cost_usd)
+                    .where(c.session_id == session_id, c.cost_usd > 0)
+                    .order_by(c.started_at.desc())
+                    .limit(_RECENT_TURNS)
+                ).scalars()
+            )
+        return int(n), float(total), recent
+
+    # ---- periods --------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Roll every budget whose period has ended (a job calls this; every other
+        call also rolls lazily). Returns how many rolled."""
+        now = self.clock()
+        with self._lock:
+            return sum(self._roll(live, now) for live in self._live.values())
+
+    @staticmethod
+    def _roll(live: _Live, now: float) -> bool:
+        if now < live.end:
+            return False
+        live.start, live.end = period_bounds(live.budget.period, live.tz, now)
+        # Fresh counters: in-flight reservations keep pointing at the old ones, so
+        # releasing them later cannot touch the new period.
+        live.counters = {}
+        return True
+
+    def _load(self, b: Budget, now: float) -> _Live:
+        tz = ZoneInfo(b.timezone)
+        start, end = period_bounds(b.period, tz, now)
+        live = _Live(b, tz, start, end)
+        c = requests.c
+        window = [c.started_at >= start] + ([c.started_at < end] if math.isfinite(end) else [])
+        with self.engine.connect() as conn:
+            if b.scope == "global":
+                spent = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0)).where(*window)
+                ).scalar_one()
+                live.counters[""] = _Counter(float(spent))
+                return live
+            col = c.team_key_id if b.scope == "team_key" else c.session_id
+            stmt = sa.select(col, sa.func.sum(c.cost_usd)).where(*window).group_by(col)
+            stmt = stmt.where(col == b.subject) if b.subject is not None else stmt.where(
+                col.is_not(None)
+            )
+            for who, spent in conn.execute(stmt):
+                live.counters[who] = _Counter(float(spent or 0.0))
+        return live
+
+
+def _exceeded(live: _Live, c: _Counter, est: float) -> BudgetExceeded:
+    b = live.budget
+    assert b.hard_usd is not None
+    left = max(b.hard_usd - c.spent - c.reserved, 0.0)
+    per = {"daily": "per day", "weekly": "per week", "monthly": "per month", "total": "in total"}
+    msg = (
+        f"Switchman {b.label()} exhausted: hard limit ${b.hard_usd:.2f} {per[b.period]}, "
+        f"${c.spent:.2f} spent"
+        + (f" and ${c.reserved:.2f} held by requests in flight" if c.reserved > 0 else "")
+        + f"; this request could cost up to ${est:.4f} but only ${left:.4f} is left."
+    )
+    if math.isfinite(live.end):
+        when = datetime.fromtimestamp(live.end, live.tz).strftime("%Y-%m-%d %H:%M")
+        msg += f" The budget resets at {when} ({b.timezone})."
+    else:
+        msg += " Raise the limit in the Switchman console to continue."
+    return BudgetExceeded(
+        b.scope,
+        b.hard_usd,
+        c.spent,
+        msg,
+        budget_id=b.id,
+        reserved=c.reserved,
+        estimate=est,
+        resets_at=live.end,
+    )
+
+
+__all__ = [
+    "Budget",
+    "BudgetCheck",
+    "BudgetExceeded",
+    "Budgets",
+    "Reservation",
+    "estimate_usd",
+    "period_bounds",
+]
