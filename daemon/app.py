@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -16,18 +18,44 @@ import aiohttp
 from aiohttp import web
 from switchman_daemon import paths
 from switchman_daemon.admin.server import AdminServer
+from switchman_daemon.budgets import Budgets
+from switchman_daemon.config import ConfigError
+from switchman_daemon.jobs import JobRunner, start_jobs
 from switchman_daemon.ledger import Ledger
 from switchman_daemon.ledger_addon import LedgerAddon
 from switchman_daemon.models import ModelRegistry
 from switchman_daemon.providers.upstream import Upstream, make_session
 from switchman_daemon.proxy.flow import Addon, Flow
+from switchman_daemon.proxy.gate import BudgetAddon, Gate
 from switchman_daemon.proxy.handlers import CTX, add_routes, errors_middleware
 from switchman_daemon.proxy.relay import Relay
+from switchman_daemon.rollups import Rollups
 from switchman_daemon.routing.observer import RoutingObserver
 from switchman_daemon.routing.router import Router
+from switchman_daemon.savings import SavingsAddon
+from switchman_daemon.stats import StatsHub
+from switchman_daemon.teamkeys import TeamKeys
 from switchman_shared.config_schema import Config
 
 log = logging.getLogger("switchman.daemon")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _local_tz() -> str:
+    """The machine's IANA zone name (charts bucket days at local midnight)."""
+    try:
+        link = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" in link:
+            return link.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return os.environ.get("TZ") or "UTC"
 
 
 @dataclass
@@ -39,6 +67,10 @@ class DaemonContext:
     router: Router
     upstreams: dict[str, Upstream]
     ledger: Ledger
+    gate: Gate
+    teamkeys: TeamKeys
+    budgets: Budgets
+    stats: StatsHub
     addons: list[Addon] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     relay: Relay = field(init=False)
@@ -83,6 +115,8 @@ class Daemon:
         self._sim_runner: web.AppRunner | None = None
         self.port: int | None = None
         self.sim_port: int | None = None
+        self.jobs: JobRunner | None = None
+        self.rollups: Rollups | None = None
 
     async def _start_sim(self) -> str:
         from switchman_daemon.sim import create_sim_app
@@ -116,10 +150,25 @@ class Daemon:
             log.warning("marked %d request(s) left open by a previous run as interrupted",
                         recovered)
         ledger.start()
-        self.ctx = DaemonContext(cfg, registry, Router(cfg, registry), upstreams, ledger)
-        self.ctx.addons.append(LedgerAddon(ledger))
-        ctx = self.ctx
-        self.ctx.addons.append(RoutingObserver(lambda: ctx.router))
+        listen_host = host or cfg.daemon.host
+        if cfg.daemon.local_open and not _is_loopback(listen_host):
+            raise ConfigError(
+                f"refusing to listen on {listen_host} in local-open mode: anyone on the "
+                "network could spend your budget. Set [daemon] local_open = false (team "
+                "keys required) or bind to 127.0.0.1.")
+        teamkeys = TeamKeys(ledger.engine)
+        budgets = Budgets(ledger.engine)
+        stats = StatsHub()
+        ctx = self.ctx = DaemonContext(cfg, registry, Router(cfg, registry), upstreams, ledger,
+                                       gate=Gate(teamkeys, budgets, cfg.daemon.local_open),
+                                       teamkeys=teamkeys, budgets=budgets, stats=stats)
+        # close-hook order matters: savings and budgets read the finished flow,
+        # the routing observer consumes the body, the ledger and stats record all
+        ctx.addons += [SavingsAddon(lambda: ctx.router), RoutingObserver(lambda: ctx.router),
+                       BudgetAddon(budgets), LedgerAddon(ledger), stats]
+        self.rollups = Rollups(ledger.engine, tz=_local_tz())
+        self.jobs = start_jobs(ledger.engine, budgets, rollups=self.rollups, teamkeys=teamkeys,
+                               cache_expiry=lambda: ctx.router.tracker.sweep())
 
         app = web.Application(
             client_max_size=self.ctx.body_limit + 1024, middlewares=[errors_middleware]
@@ -205,6 +254,11 @@ class Daemon:
         self._retired.clear()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.jobs is not None:
+            self.jobs.shutdown()
+            self.jobs = None
+        if self.ctx is not None:
+            self.ctx.teamkeys.flush_touches()
         if self.ctx is not None:
             for up in self.ctx.upstreams.values():
                 await up.session.close()

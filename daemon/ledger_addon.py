@@ -28,6 +28,7 @@ class LedgerAddon:
             served_model=d.model.name if d else None,
             provider=d.model.provider if d else None,
             stream=s.stream,
+            team_key_id=flow.notes.get("team_key_id"),
             decision=d.to_json() if d else None,
         ))
 
@@ -41,7 +42,8 @@ class LedgerAddon:
             input_tokens=u.input_tokens, cache_read_tokens=u.cache_read_tokens,
             cache_write_tokens=u.cache_write_tokens,
             cache_write_1h_tokens=u.cache_write_1h_tokens, output_tokens=u.output_tokens,
-            cost_usd=flow.cost_usd, ttfb_ms=flow.ttfb_ms, latency_ms=flow.latency_ms,
+            cost_usd=flow.cost_usd, baseline_cost_usd=flow.notes.get("baseline_cost_usd"),
+            ttfb_ms=flow.ttfb_ms, latency_ms=flow.latency_ms,
             attempts=max(flow.attempts, 1), error=flow.error,
             # fallbacks append reasons after the open
             decision=flow.decision.to_json() if flow.decision and flow.attempts > 1 else None,

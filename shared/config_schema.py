@@ -107,6 +107,8 @@ class RoutingConfig(BaseModel):
     honour_requested_model: bool = True
     # Candidates tried in order when the chosen model is rate-limited or down.
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    # What savings are measured against (default: the default pool's strongest model).
+    baseline: str = ""
 
 
 class LedgerConfig(BaseModel):

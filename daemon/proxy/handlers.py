@@ -60,7 +60,9 @@ def proxy_handler(fmt: WireFormat) -> Any:
         try:
             body, raw = await read_json(request, ctx.body_limit)
             _check_shape(fmt, body)
+            team_key_id = ctx.gate.admit(request.headers, body["model"])
             signals = read_signals(fmt, body, request.headers, len(raw), raw)
+            ctx.gate.precheck(team_key_id, signals)
             decision = ctx.router.choose(signals, body)
         except ApiError as e:
             return error_response(fmt, e)
@@ -74,12 +76,14 @@ def proxy_handler(fmt: WireFormat) -> Any:
             return error_response(fmt, ApiError(ErrorKind.invalid_request, str(e), param="model"))
         flow = Flow(client_format=fmt, signals=signals, decision=decision)
         flow.notes["body"] = body  # for the routing observer's prefix chain
+        flow.notes["team_key_id"] = team_key_id
         if fmt == "chat":
             so = body.get("stream_options")
             flow.notes["client_include_usage"] = isinstance(so, dict) and bool(
                 so.get("include_usage"))
         ctx.open_flow(flow)
         try:
+            ctx.gate.reserve(flow, team_key_id, body)
             return await ctx.relay.forward(request, flow, body, raw)
         except ApiError as e:
             flow.status, flow.http_status, flow.error = "error", e.status, e.message
@@ -110,6 +114,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     try:
         body, raw = await read_json(request, ctx.body_limit)
+        ctx.gate.admit(request.headers, str(body.get("model", "")))
         if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
             raise ApiError(ErrorKind.invalid_request,
                            "model and messages are required", param="messages")

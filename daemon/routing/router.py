@@ -164,6 +164,8 @@ class Router:
         else:
             best = max(cands, key=lambda c: c.score)
             how, reason = "pool", self._explain(best, cands, last, s)
+            if s.extra.get("budget_soft"):
+                reason += "; budget soft limit reached: cost-weighted objective"
         chosen = self.registry.models[best.model]
         if s.role in ("main", "subagent"):
             sess = self.tracker.session(sid)

@@ -106,8 +106,10 @@ class CacheTracker:
         caching_expected: bool,
         ttl: float = TTL_5M,
         now: float | None = None,
+        update_session: bool = True,
     ) -> None:
-        """Record what the provider reported for a request sent to ``model``."""
+        """Record what the provider reported for a request sent to ``model``
+        (``update_session=False`` for counterfactual shadows such as savings)."""
         t = self.clock() if now is None else now
         prompt = usage.prompt_tokens
         cached = usage.cache_read_tokens + usage.cache_write_tokens + usage.cache_write_1h_tokens
@@ -129,6 +131,8 @@ class CacheTracker:
                 self.min_prefix[model] = min(prompt + 1, 4 * max(catalog_min, 1024))
         if len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        if not update_session:
+            return
         st = self.session(sid)
         if st.turns:
             growth = max(0, prompt - st.last_prompt)

@@ -33,7 +33,7 @@ class LoopThread:
 
 class RunningDaemon:
     def __init__(self, tmp: Path, overrides: dict[str, Any] | None = None,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None, host: str = "127.0.0.1") -> None:
         ov: dict[str, Any] = {"sim": {"time_scale": 0.0}}
         if overrides:
             for k, v in overrides.items():
@@ -41,7 +41,12 @@ class RunningDaemon:
         self.config = load_config(config_path, overrides=ov)
         self.daemon = Daemon(self.config, tmp / "data")
         self.lt = LoopThread()
-        self.port = self.lt.run(self.daemon.start("127.0.0.1", 0))
+        try:
+            self.port = self.lt.run(self.daemon.start(host, 0))
+        except BaseException:
+            self.lt.run(self.daemon.stop())
+            self.lt.close()
+            raise
 
     @property
     def url(self) -> str:
