@@ -19,6 +19,16 @@ SHADOW = "baseline:"
 
 
 def baseline_model(router: Router) -> ModelInfo | None:
+    """The baseline for ``router``'s config (cached on the router: a config
+    change builds a new one)."""
+    try:
+        return router.__dict__["_baseline"]
+    except KeyError:
+        found = router.__dict__["_baseline"] = _find_baseline(router)
+        return found
+
+
+def _find_baseline(router: Router) -> ModelInfo | None:
     reg = router.registry
     name = router.config.routing.baseline
     if name:
