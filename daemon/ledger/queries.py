@@ -72,20 +72,25 @@ def _totals(row: Any) -> dict[str, Any]:
     return out
 
 
-def totals_by(engine: Engine, column: str, since: float | None) -> dict[str, dict[str, Any]]:
+def totals_by(engine: Engine, column: str, since: float | None,
+              until: float | None = None) -> dict[str, dict[str, Any]]:
     """Totals keyed by ``column`` ("served_model" or "session_id"), rows with a value only."""
     col = c[column]
     stmt = sa.select(col.label("key"), *_aggregates()).where(col.is_not(None)).group_by(col)
     if since:
         stmt = stmt.where(c.started_at >= since)
+    if until:
+        stmt = stmt.where(c.started_at < until)
     with engine.connect() as conn:
         return {r["key"]: _totals(r) for r in conn.execute(stmt).mappings()}
 
 
-def totals(engine: Engine, since: float | None) -> dict[str, Any]:
+def totals(engine: Engine, since: float | None, until: float | None = None) -> dict[str, Any]:
     stmt = sa.select(*_aggregates())
     if since:
         stmt = stmt.where(c.started_at >= since)
+    if until:
+        stmt = stmt.where(c.started_at < until)
     with engine.connect() as conn:
         return _totals(conn.execute(stmt).mappings().one())
 
@@ -148,12 +153,27 @@ def rollups(engine: Engine, bucket_s: int, since: float,
                 for r in conn.execute(stmt).mappings()]
 
 
-def recent(engine: Engine, limit: int, since: float | None = None) -> list[dict[str, Any]]:
+def recent(engine: Engine, limit: int, since: float | None = None,
+           started_before: float | None = None) -> list[dict[str, Any]]:
     """The latest finished requests, newest first (for the live decision feed)."""
     stmt = (sa.select(c.id, c.started_at, c.ended_at, c.session_id, c.requested_model,
                       c.served_model, c.cost_usd, c.decision)
             .where(c.status != "open").order_by(c.ended_at.desc(), c.id.desc()).limit(limit))
     if since is not None:
         stmt = stmt.where(c.ended_at > since)
+    if started_before is not None:
+        stmt = stmt.where(c.started_at < started_before)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def spend_by_team_key(engine: Engine, ids: list[str] | None = None) -> dict[str, float]:
+    """All-time ledger spend (sum of ``cost_usd``) per team key id; ``ids`` narrows it."""
+    stmt = (sa.select(c.team_key_id, sa.func.sum(c.cost_usd))
+            .where(c.team_key_id.is_not(None)).group_by(c.team_key_id))
+    if ids is not None:
+        if not ids:
+            return {}
+        stmt = stmt.where(c.team_key_id.in_(ids))
+    with engine.connect() as conn:
+        return {k: float(v or 0.0) for k, v in conn.execute(stmt)}

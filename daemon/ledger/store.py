@@ -14,7 +14,6 @@ the rows that were opened but never closed.
 
 from __future__ import annotations
 
-import json
 import contextlib
 import logging
 import queue
@@ -23,6 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -472,7 +472,7 @@ class Ledger:
 def _json(decision: str | Mapping[str, Any] | None) -> str | None:
     if decision is None or isinstance(decision, str):
         return decision
-    return json.dumps(decision, separators=(",", ":"), default=str)
+    return orjson.dumps(decision, default=str).decode()
 
 
 def _open_params(rec: RequestOpen) -> dict[str, Any]:

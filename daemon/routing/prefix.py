@@ -13,7 +13,7 @@ both text ends identical, which agents do not make.
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,10 +198,17 @@ def fallback_session_key(fmt: str, body: dict[str, Any]) -> str | None:
             break
     if system is None and first_user is None:
         return None
-    sig = (_block_sig(system)[0] if isinstance(system, str) else
-           tuple(_block_sig(b)[0] for b in system) if isinstance(system, list) else None,
-           _block_sig(first_user)[0] if isinstance(first_user, str) else
-           tuple(_block_sig(b)[0] for b in first_user) if isinstance(first_user, list) else None)
-    # stable across restarts (str hashes are salted per process), so a session
-    # keeps its id in the ledger
-    return "fp-" + hashlib.blake2b(repr(sig).encode(), digest_size=8).hexdigest()
+    # crc32 of the two texts: stable across restarts (str hashes are salted per
+    # process) and far cheaper than a cryptographic digest on the hot path
+    a = zlib.crc32(_plain(system).encode("utf-8", "replace"))
+    b = zlib.crc32(_plain(first_user).encode("utf-8", "replace"))
+    return f"fp-{a:08x}{b:08x}"
+
+
+def _plain(content: Any) -> str:
+    if isinstance(content, str):
+        return content[:4000]
+    if isinstance(content, list):
+        return "\n".join(str(b.get("text", "")) if isinstance(b, dict) else str(b)
+                         for b in content)[:4000]
+    return ""
