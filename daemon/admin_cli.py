@@ -6,14 +6,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from switchman_shared.admin_client import AdminClient
 from switchman_shared.admin_errors import AdminError
-from switchman_shared.proto_gen.switchman.v1 import providers_pb2
+from switchman_shared.proto_gen.switchman.v1 import budgets_pb2, providers_pb2
 
 _SOURCE = {providers_pb2.KEY_SOURCE_KEYRING: "keyring", providers_pb2.KEY_SOURCE_ENV: "env",
            providers_pb2.KEY_SOURCE_NONE: "none"}
@@ -135,7 +137,9 @@ def cmd_stats(c: AdminClient, args: argparse.Namespace) -> None:
 
     snap = c.stats_snapshot()
     if args.json:
-        _out(json.dumps(MessageToDict(snap, preserving_proto_field_name=True), indent=2))
+        d = MessageToDict(snap, preserving_proto_field_name=True)
+        d.setdefault("budgets", [])  # present (if empty) so scripts can rely on it
+        _out(json.dumps(d, indent=2))
         return
     t = snap.totals
     _out(f"requests {t.requests}  errors {t.errors}  spend ${t.spend_usd:.4f}  "
@@ -143,6 +147,124 @@ def cmd_stats(c: AdminClient, args: argparse.Namespace) -> None:
          f"cache hits {t.cache_hit_rate:.0%}")
     for kt in snap.by_model:
         _out(f"  {kt.key}: {kt.totals.requests} req, ${kt.totals.spend_usd:.4f}")
+    for st in snap.budgets:
+        _out(f"  budget {_budget_line(st)}")
+
+
+# ---- budgets --------------------------------------------------------------------
+
+_SCOPE_NAME = {budgets_pb2.BUDGET_SCOPE_GLOBAL: "global",
+               budgets_pb2.BUDGET_SCOPE_TEAM_KEY: "team_key",
+               budgets_pb2.BUDGET_SCOPE_SESSION: "session"}
+_PERIOD_NAME = {budgets_pb2.BUDGET_PERIOD_DAILY: "daily",
+                budgets_pb2.BUDGET_PERIOD_WEEKLY: "weekly",
+                budgets_pb2.BUDGET_PERIOD_MONTHLY: "monthly",
+                budgets_pb2.BUDGET_PERIOD_TOTAL: "total"}
+_STATE_NAME = {budgets_pb2.BUDGET_STATE_OK: "ok",
+               budgets_pb2.BUDGET_STATE_SOFT_EXCEEDED: "soft exceeded",
+               budgets_pb2.BUDGET_STATE_HARD_EXCEEDED: "HARD EXCEEDED"}
+
+
+def _usd(v: float) -> str:
+    return f"${v:.2f}" if v else "-"
+
+
+def _budget_line(st: Any) -> str:
+    b = st.budget
+    return (f"{b.id} {_SCOPE_NAME.get(b.scope, '?')} {b.scope_id or ''} "
+            f"{_PERIOD_NAME.get(b.period, '?')}: ${st.spent_usd:.4f} of "
+            f"{_usd(b.hard_usd or b.soft_usd)} ({_STATE_NAME.get(st.state, '?')})")
+
+
+def cmd_budget_set(c: AdminClient, args: argparse.Namespace) -> None:
+    b = c.set_budget(args.scope, args.period, subject=args.subject or "",
+                     soft_usd=args.soft or 0.0, hard_usd=args.hard or 0.0,
+                     timezone=args.tz or "", budget_id=args.id or "")
+    who = b.scope_id or ("all traffic" if args.scope == "global" else f"each {args.scope}")
+    _out(f"{b.id}: {_PERIOD_NAME[b.period]} budget for {who} (soft {_usd(b.soft_usd)}, "
+         f"hard {_usd(b.hard_usd)}, {b.timezone})")
+
+
+def cmd_budget_ls(c: AdminClient, args: argparse.Namespace) -> None:
+    rows = [("ID", "SCOPE", "SUBJECT", "PERIOD", "TZ", "SOFT", "HARD", "SPENT", "RESERVED",
+             "FORECAST", "STATE")]
+    for st in c.budget_status():
+        b = st.budget
+        subject = b.scope_id or ("-" if b.scope == budgets_pb2.BUDGET_SCOPE_GLOBAL else "(each)")
+        rows.append((b.id, _SCOPE_NAME.get(b.scope, "?"), subject,
+                     _PERIOD_NAME.get(b.period, "?"), b.timezone, _usd(b.soft_usd),
+                     _usd(b.hard_usd), f"${st.spent_usd:.4f}", f"${st.reserved_usd:.4f}",
+                     f"${st.forecast_usd:.2f}", _STATE_NAME.get(st.state, "?")))
+    if len(rows) == 1:
+        _out("no budgets (add one with 'switchman budget set')")
+        return
+    _table(rows)
+
+
+def cmd_budget_rm(c: AdminClient, args: argparse.Namespace) -> None:
+    c.remove_budget(args.id)
+    _out(f"{args.id}: budget removed")
+
+
+# ---- team keys ------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", re.IGNORECASE)
+_UNIT_S = {"m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_expiry(text: str, now: float | None = None) -> float:
+    """``30d``/``12h``/``2w``/``90m`` from now, or an absolute date/time (UTC when
+    naive, like ``ledger export --since``)."""
+    from switchman_daemon.ledger.export import parse_since
+
+    m = _DURATION.match(text)
+    if m:
+        return (time.time() if now is None else now) + float(m.group(1)) * _UNIT_S[
+            m.group(2).lower()]
+    return parse_since(text)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+
+
+def cmd_teamkeys_issue(c: AdminClient, args: argparse.Namespace) -> int:
+    try:
+        expires = parse_expiry(args.expires) if args.expires else 0.0
+    except ValueError as e:
+        print(f"switchman: --expires: {e}", file=sys.stderr)
+        return 2
+    pools = [p.strip() for p in (args.pools or "").split(",") if p.strip()]
+    r = c.issue_team_key(args.name, args.owner, pools, expires)
+    k = r.key
+    # The key alone on stdout (KEY=$(switchman teamkeys issue ...)); the rest on stderr.
+    print(f"issued {k.id} '{k.name}' for {k.owner or '-'} (pools: "
+          f"{', '.join(k.allowed_pools) or 'all'}; expires: {_when(k.expires_at)})",
+          file=sys.stderr)
+    _out(r.plaintext)
+    print("store it now: the key is shown only once", file=sys.stderr)
+    return 0
+
+
+def cmd_teamkeys_ls(c: AdminClient, args: argparse.Namespace) -> None:
+    rows = [("ID", "NAME", "OWNER", "PREFIX", "POOLS", "EXPIRES", "LAST USED", "SPEND",
+             "STATUS")]
+    now = time.time()
+    for k in c.list_team_keys(include_revoked=args.all):
+        status = "revoked" if k.revoked else (
+            "expired" if k.expires_at and k.expires_at <= now else "active")
+        rows.append((k.id, k.name, k.owner or "-", k.prefix + "…",
+                     ",".join(k.allowed_pools) or "all", _when(k.expires_at),
+                     _when(k.last_used_at), f"${k.spend_usd:.4f}", status))
+    if len(rows) == 1:
+        _out("no team keys (issue one with 'switchman teamkeys issue')")
+        return
+    _table(rows)
+
+
+def cmd_teamkeys_revoke(c: AdminClient, args: argparse.Namespace) -> None:
+    k = c.revoke_team_key(args.id)
+    _out(f"{k.id} '{k.name}' revoked ({k.prefix}… is refused from now on)")
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:
@@ -192,5 +314,30 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("file")
     p.add_argument("--dry-run", action="store_true", help="validate only")
 
-    verb(sub, "stats", cmd_stats, "spend, savings and cache hits (snapshot)").add_argument(
-        "--json", action="store_true")
+    verb(sub, "stats", cmd_stats, "spend, savings, cache hits and budgets (snapshot)"
+         ).add_argument("--json", action="store_true")
+
+    bud = sub.add_parser("budget", help="spending budgets (soft: downgrade, hard: refuse)")
+    bs = bud.add_subparsers(dest="budget_command", required=True)
+    p = verb(bs, "set", cmd_budget_set, "create a budget, or replace one with --id")
+    p.add_argument("--scope", required=True, choices=["global", "team_key", "session"])
+    p.add_argument("--subject", default=None,
+                   help="team key id or session id (omit: each key/session separately)")
+    p.add_argument("--period", required=True, choices=["daily", "weekly", "monthly", "total"])
+    p.add_argument("--soft", type=float, default=None, help="USD; past it, route cheaper")
+    p.add_argument("--hard", type=float, default=None, help="USD; past it, refuse (429)")
+    p.add_argument("--tz", default=None, help="IANA zone for period starts (default local)")
+    p.add_argument("--id", default=None, help="replace this budget")
+    verb(bs, "ls", cmd_budget_ls, "budgets with spend, forecast and state")
+    verb(bs, "rm", cmd_budget_rm, "remove a budget").add_argument("id")
+
+    tk = sub.add_parser("teamkeys", help="team keys that agents present to the proxy")
+    ts = tk.add_subparsers(dest="teamkeys_command", required=True)
+    p = verb(ts, "issue", cmd_teamkeys_issue, "issue a key (printed once, on stdout)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--owner", default="")
+    p.add_argument("--pools", default=None, help="comma-separated pools/models (default all)")
+    p.add_argument("--expires", default=None, help="e.g. 30d, 12h, 2w, or a date")
+    verb(ts, "ls", cmd_teamkeys_ls, "team keys with spend (never the key itself)"
+         ).add_argument("--all", action="store_true", help="include revoked keys")
+    verb(ts, "revoke", cmd_teamkeys_revoke, "revoke a key at once").add_argument("id")

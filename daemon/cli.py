@@ -2,7 +2,7 @@
 
 ``switchman daemon`` runs the router in the foreground. ``switchman ledger export``
 writes the request ledger as CSV or JSONL. The admin verbs (status, keys, policy,
-models, config, stats; see ``admin_cli``) talk to a running daemon only through
+models, config, stats, budget, teamkeys; see ``admin_cli``) talk to a running daemon only through
 the gRPC admin plane.
 """
 

@@ -11,7 +11,7 @@ from switchman_daemon.models import ModelInfo
 from switchman_daemon.protocol.ir import Usage
 from switchman_daemon.proxy.flow import Flow
 from switchman_daemon.routing.cost import request_cost
-from switchman_daemon.routing.prefix import build_chain
+from switchman_daemon.routing.observer import flow_chain
 from switchman_daemon.routing.router import Router
 from switchman_daemon.routing.tracker import TTL_1H, TTL_5M
 
@@ -57,12 +57,7 @@ class SavingsAddon:
         if flow.served_model == base.name:
             flow.notes["baseline_cost_usd"] = flow.cost_usd  # same model, same bill
         else:
-            d = flow.decision
-            chain = d.chain if d is not None and d.chain is not None and d.chain.links \
-                else None
-            if chain is None:
-                body = flow.notes.get("body")
-                chain = build_chain(flow.client_format, body) if body is not None else None
+            chain = flow_chain(router, flow)
             sid = flow.signals.cache_session
             tr = router.tracker
             warm = tr.warm_tokens(sid, SHADOW + base.name, chain) if chain else 0

@@ -297,3 +297,21 @@ def test_strip_reasoning_on_switch() -> None:
     r = strip_reasoning("responses", cbody)
     assert r is not None and all(i.get("type") != "reasoning" for i in r["input"])
     assert strip_reasoning("chat", {"messages": []}) is None
+
+
+def test_incremental_chain_equals_full_build_and_catches_rewrites() -> None:
+    body, _ = claude_code_turn(turns=20, target_kb=60)
+    first = build_chain("anthropic", body)
+    grown = _turn(body, "and now the next task")
+    inc = build_chain("anthropic", grown, prev=first)
+    full = build_chain("anthropic", grown)
+    assert inc.links == full.links and inc.tokens == full.tokens
+    assert inc.msg_sigs == full.msg_sigs
+    # compaction: history replaced by a summary -> nothing reused
+    compacted = copy.deepcopy(body)
+    compacted["messages"] = [{"role": "user", "content": "Summary of the work so far ..."},
+                             {"role": "user", "content": "continue"}]
+    c = build_chain("anthropic", compacted, prev=full)
+    assert c.links == build_chain("anthropic", compacted).links
+    header_only = {**body, "messages": []}
+    assert c.common_tokens(full) == build_chain("anthropic", header_only).total_tokens

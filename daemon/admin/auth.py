@@ -116,7 +116,7 @@ class AdminInterceptor(aio.ServerInterceptor):
             return _refuse(grpc.StatusCode.UNIMPLEMENTED, k.UNIMPLEMENTED,
                            f"unknown admin method {method}")
         handler = await continuation(handler_call_details)
-        if handler is None:  # service not registered (e.g. budgets before its module)
+        if handler is None:  # service not registered in this build
             service = method.split("/")[1].rsplit(".", 1)[-1]
             return _refuse(grpc.StatusCode.UNIMPLEMENTED, k.UNIMPLEMENTED,
                            f"{service} is not available in this daemon version")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import zlib
 from typing import Any
 
@@ -76,21 +75,3 @@ async def read_json(request: web.Request, limit: int) -> tuple[dict[str, Any], b
     if not isinstance(body, dict):
         raise ApiError(ErrorKind.invalid_request, "request body must be a JSON object")
     return body, raw
-
-
-_MODEL_RE_CACHE: dict[str, re.Pattern[bytes]] = {}
-
-
-def with_model(raw: bytes, old: str, new: str) -> bytes | None:
-    """``raw`` with its top-level model value replaced, without re-serialising
-    the (possibly 100 KB) body; None when the spot is ambiguous (the same
-    ``"model": "<old>"`` text occurs more than once), so the caller re-encodes."""
-    pat = _MODEL_RE_CACHE.get(old)
-    if pat is None:
-        pat = re.compile(rb'"model"\s*:\s*' + re.escape(orjson.dumps(old)))
-        if len(_MODEL_RE_CACHE) < 1024:
-            _MODEL_RE_CACHE[old] = pat
-    hits = pat.findall(raw, 0, len(raw))
-    if len(hits) != 1:
-        return None
-    return pat.sub(b'"model":' + orjson.dumps(new).replace(b"\\", b"\\\\"), raw, count=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from switchman_daemon.proxy.flow import Flow
-from switchman_daemon.routing.prefix import build_chain
+from switchman_daemon.routing.prefix import Chain
 from switchman_daemon.routing.router import Router
 
 
@@ -28,9 +28,24 @@ class RoutingObserver:
         model = self.router.registry.models.get(flow.served_model)
         if model is None:
             return
-        d = flow.decision
-        chain = d.chain if d is not None and d.chain is not None and d.chain.links else None
-        if chain is None and body is not None:
-            chain = build_chain(flow.client_format, body)
+        chain = flow_chain(self.router, flow, body)
         self.router.observe(flow.signals, chain, model, flow.usage, flow.ttfb_ms,
                             flow.latency_ms)
+
+
+def flow_chain(router: Router, flow: Flow, body: dict | None = None) -> Chain | None:
+    """The flow's prefix chain, built at most once (the decision's, if routing
+    built one) and shared by the close hooks."""
+    chain = flow.notes.get("chain")
+    if chain is not None:
+        return chain
+    d = flow.decision
+    if d is not None and d.chain is not None and d.chain.links:
+        chain = d.chain
+    else:
+        body = body if body is not None else flow.notes.get("body")
+        if body is None:
+            return None
+        chain = router.chain_for(flow.signals, body)
+    flow.notes["chain"] = chain
+    return chain

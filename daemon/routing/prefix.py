@@ -14,7 +14,7 @@ both text ends identical, which agents do not make.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _EDGE = 48
@@ -82,6 +82,12 @@ class Chain:
     links: list[int]
     tokens: list[int]  # cumulative token estimate at each link
     media: int = 0  # number of media blocks (a new one usually breaks caches)
+    # for incremental rebuilds: the header's signature, and per message its
+    # signature and the number of links once it is included
+    header_sig: int = 0
+    msg_sigs: list[int] = field(default_factory=list)
+    msg_ends: list[int] = field(default_factory=list)
+    msg_media: list[int] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:
@@ -117,13 +123,54 @@ def _messages_of(fmt: str, body: dict[str, Any]) -> list[Any]:
     return msgs if isinstance(msgs, list) else []
 
 
-def build_chain(fmt: str, body: dict[str, Any], *, skip_attribution: bool = True) -> Chain:
-    """The prefix chain of a request body in its client format."""
+def _message_sigs(m: Any) -> tuple[list[tuple[Any, ...]], list[int], int]:
+    """(block signatures, token estimates, media count) of one message or item."""
+    if not isinstance(m, dict):
+        return [], [], 0
+    role = m.get("role") or m.get("type")
+    content = m.get("content")
+    sigs: list[tuple[Any, ...]] = []
+    toks: list[int] = []
+    media = 0
+    if content is None and m.get("type"):
+        sig, k, is_media = _block_sig(m)  # a Responses item
+        return [(role, sig)], [k + 4], int(is_media)
+    if isinstance(content, list):
+        for blk in content:
+            sig, k, is_media = _block_sig(blk)
+            sigs.append((role, sig))
+            toks.append(k)
+            media += is_media
+    else:
+        sig, k, _ = _block_sig(content if isinstance(content, str) else "")
+        sigs.append((role, sig, m.get("tool_call_id")))
+        toks.append(k + 4)
+    for tc in m.get("tool_calls") or ():
+        if isinstance(tc, dict):
+            fn = tc.get("function") or {}
+            n = len(str(fn.get("arguments")))
+            sigs.append(("tc", tc.get("id"), fn.get("name"), n))
+            toks.append(_text_tokens(n) + 8)
+    return sigs, toks, media
+
+
+# messages re-checked when a session's previous chain is reused (first, last,
+# and a few in between): compaction rewrites them all, appends touch none
+_SAMPLES = 6
+
+
+def build_chain(fmt: str, body: dict[str, Any], *, skip_attribution: bool = True,
+                prev: Chain | None = None) -> Chain:
+    """The prefix chain of a request body in its client format.
+
+    With ``prev`` (the same session's last chain), messages it already covers
+    are verified by sampling and reused, so an append-only turn costs only its
+    new messages: a 200K-token session stays well inside the decision budget.
+    """
     links: list[int] = []
     tokens: list[int] = []
     h = 0
     tok = 0
-    media = 0
 
     def push(sig: tuple[Any, ...], k: int) -> None:
         nonlocal h, tok
@@ -150,35 +197,35 @@ def build_chain(fmt: str, body: dict[str, Any], *, skip_attribution: bool = True
                 continue  # per-session noise; not part of what a cache can share
             sig, k, _ = _block_sig(blk)
             push(sig, k)
-    for m in _messages_of(fmt, body):
-        if not isinstance(m, dict):
-            continue
-        role = m.get("role") or m.get("type")
-        content = m.get("content")
-        if content is None and m.get("type"):
-            sig, k, is_media = _block_sig(m)  # a Responses item
-            push((role, sig), k + 4)
-            media += is_media
-            continue
-        if isinstance(content, list):
-            for blk in content:
-                sig, k, is_media = _block_sig(blk)
-                push((role, sig), k)
-                media += is_media
-            for tc in m.get("tool_calls") or ():
-                if isinstance(tc, dict):
-                    fn = tc.get("function") or {}
-                    push(("tc", tc.get("id"), fn.get("name"), len(str(fn.get("arguments")))),
-                         _text_tokens(len(str(fn.get("arguments")))) + 8)
-        else:
-            sig, k, _ = _block_sig(content if isinstance(content, str) else "")
-            push((role, sig, m.get("tool_call_id")), k + 4)
-            for tc in m.get("tool_calls") or ():
-                if isinstance(tc, dict):
-                    fn = tc.get("function") or {}
-                    push(("tc", tc.get("id"), fn.get("name"), len(str(fn.get("arguments")))),
-                         _text_tokens(len(str(fn.get("arguments")))) + 8)
-    return Chain(links, tokens, media)
+    header_sig = h
+    msgs = _messages_of(fmt, body)
+    msg_sigs: list[int] = []
+    msg_ends: list[int] = []
+    msg_media: list[int] = []
+    start = 0
+    if prev is not None and prev.header_sig == header_sig and prev.msg_sigs \
+            and len(msgs) >= len(prev.msg_sigs):
+        n = len(prev.msg_sigs)
+        step = max(1, n // _SAMPLES)
+        idxs = {0, n - 1, *range(step, n, step)}
+        if all(hash(tuple(_message_sigs(msgs[i])[0])) == prev.msg_sigs[i] for i in idxs):
+            end = prev.msg_ends[-1]
+            links = prev.links[:end]
+            tokens = prev.tokens[:end]
+            h = links[-1] if links else header_sig
+            tok = tokens[-1] if tokens else tok
+            msg_sigs = prev.msg_sigs[:n]
+            msg_ends = prev.msg_ends[:n]
+            msg_media = prev.msg_media[:n]
+            start = n
+    for m in msgs[start:]:
+        sigs, toks, media = _message_sigs(m)
+        for sig, k in zip(sigs, toks, strict=True):
+            push(sig, k)
+        msg_sigs.append(hash(tuple(sigs)))
+        msg_ends.append(len(links))
+        msg_media.append(media)
+    return Chain(links, tokens, sum(msg_media), header_sig, msg_sigs, msg_ends, msg_media)
 
 
 def fallback_session_key(fmt: str, body: dict[str, Any]) -> str | None:

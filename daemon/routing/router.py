@@ -155,7 +155,8 @@ class Router:
             return self._fixed(last_model, s, "sticky",
                                f"step inside a task: stays on {last_model.name} "
                                "(keeps thinking signatures valid and the cache warm)")
-        chain = build_chain(s.client_format, body) if body is not None else Chain([], [])
+        chain = (build_chain(s.client_format, body, prev=st.last_chain if st else None)
+                 if body is not None else Chain([], []))
         cands = self._score(capable, s, sid, chain, st)
         if s.role == "utility":
             best = min(cands, key=lambda c: c.cost_now)
@@ -253,6 +254,11 @@ class Router:
         return peers[:2]
 
     # -- learning from outcomes -------------------------------------------------------
+
+    def chain_for(self, s: Signals, body: dict[str, Any]) -> Chain:
+        """The request's prefix chain, built incrementally from its session's last."""
+        st = self.tracker.peek_session(s.cache_session)
+        return build_chain(s.client_format, body, prev=st.last_chain if st else None)
 
     def observe(self, s: Signals, body_chain: Chain | None, model: ModelInfo,
                 usage: Any, ttfb_ms: float | None, latency_ms: float | None) -> None:

@@ -43,6 +43,7 @@ class SessionStats:
     avg_growth: float = 2000.0  # prompt tokens added per turn
     last_prompt: int = 0
     window_id: str | None = None  # Codex context window; changes after compaction
+    last_chain: Chain | None = None  # for incremental chain building
 
 
 @dataclass
@@ -142,6 +143,8 @@ class CacheTracker:
             st.avg_output = float(usage.output_tokens or st.avg_output)
         st.turns += 1
         st.last_prompt = prompt
+        if chain.links:
+            st.last_chain = chain
         st.last_seen = t
 
     def break_session(self, sid: str) -> None:

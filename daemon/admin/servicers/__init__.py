@@ -1,8 +1,5 @@
 """Servicers: translate protos <-> daemon modules, nothing more. One module per
 proto service; ``register_all`` adds every service this daemon implements.
-
-BudgetService and TeamKeyService are not registered yet: calls to them get
-UNIMPLEMENTED (kind "unimplemented") until their domain modules land.
 """
 
 from __future__ import annotations
@@ -19,20 +16,24 @@ if TYPE_CHECKING:
 
 def register_all(server: aio.Server, daemon: Daemon) -> None:
     from switchman_shared.proto_gen.switchman.v1 import (
+        budgets_pb2_grpc,
         daemon_pb2_grpc,
         ledger_pb2_grpc,
         models_pb2_grpc,
         policy_pb2_grpc,
         providers_pb2_grpc,
         stats_pb2_grpc,
+        teamkeys_pb2_grpc,
     )
 
+    from .budgets import BudgetServicer
     from .daemon_service import DaemonServicer
     from .ledger import LedgerServicer
     from .models import ModelServicer
     from .policy import PolicyServicer
     from .providers import ProviderServicer
     from .stats import StatsServicer
+    from .teamkeys import TeamKeyServicer
 
     def current() -> Config:  # the live config, read at call time
         assert daemon.ctx is not None
@@ -45,4 +46,6 @@ def register_all(server: aio.Server, daemon: Daemon) -> None:
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(daemon, editor), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(daemon), server)
     stats_pb2_grpc.add_StatsServiceServicer_to_server(StatsServicer(daemon), server)
+    budgets_pb2_grpc.add_BudgetServiceServicer_to_server(BudgetServicer(daemon), server)
+    teamkeys_pb2_grpc.add_TeamKeyServiceServicer_to_server(TeamKeyServicer(daemon), server)
     daemon_pb2_grpc.add_DaemonServiceServicer_to_server(DaemonServicer(daemon, editor), server)
