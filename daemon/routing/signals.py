@@ -107,6 +107,30 @@ def _last_turn(fmt: str, body: dict[str, Any]) -> tuple[bool, str]:
     return True, ""
 
 
+def _cache_marks(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(any cache_control breakpoint, any with ttl 1h), looking where clients put
+    them (top level, tools, system, the last few messages) rather than scanning
+    a body that can be megabytes (a byte search costs ~0.6 ms per MB)."""
+    marks: list[Any] = []
+    top = body.get("cache_control")
+    if isinstance(top, dict):
+        marks.append(top)
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        marks.extend(t.get("cache_control") for t in tools[-2:] if isinstance(t, dict))
+    system = body.get("system")
+    if isinstance(system, list):
+        marks.extend(b.get("cache_control") for b in system if isinstance(b, dict))
+    msgs = body.get("messages")
+    if isinstance(msgs, list):
+        for m in msgs[-4:]:
+            c = m.get("content") if isinstance(m, dict) else None
+            if isinstance(c, list):
+                marks.extend(b.get("cache_control") for b in c if isinstance(b, dict))
+    found = [m for m in marks if isinstance(m, dict)]
+    return bool(found), any(m.get("ttl") == "1h" for m in found)
+
+
 def read_signals(
     fmt: WireFormat, body: dict[str, Any], headers: Any, body_size: int,
     raw: bytes | None = None,
@@ -156,9 +180,8 @@ def read_signals(
     head = s.task_text[:400]
     if s.role == "main" and any(mk in head for mk in _COMPACTION_MARKERS):
         s.role = "compaction"
-    if raw is not None and fmt == "anthropic":
-        s.cache_marked = b'"cache_control"' in raw
-        s.ttl_1h = b'"1h"' in raw and s.cache_marked
+    if fmt == "anthropic":
+        s.cache_marked, s.ttl_1h = _cache_marks(body)
     if fmt == "anthropic":
         th = body.get("thinking")
         s.wants_thinking = isinstance(th, dict) and th.get("type") in ("enabled", "adaptive")
