@@ -194,7 +194,7 @@ def cmd_budget_ls(c: AdminClient, args: argparse.Namespace) -> None:
         rows.append((b.id, _SCOPE_NAME.get(b.scope, "?"), subject,
                      _PERIOD_NAME.get(b.period, "?"), b.timezone, _usd(b.soft_usd),
                      _usd(b.hard_usd), f"${st.spent_usd:.4f}", f"${st.reserved_usd:.4f}",
-                     f"${st.forecast_usd:.2f}", _STATE_NAME.get(st.state, "?")))
+                     f"${st.forecast_usd:.4f}", _STATE_NAME.get(st.state, "?")))
     if len(rows) == 1:
         _out("no budgets (add one with 'switchman budget set')")
         return
@@ -335,7 +335,7 @@ def add_admin_commands(sub: Any) -> None:
     ts = tk.add_subparsers(dest="teamkeys_command", required=True)
     p = verb(ts, "issue", cmd_teamkeys_issue, "issue a key (printed once, on stdout)")
     p.add_argument("--name", required=True)
-    p.add_argument("--owner", default="")
+    p.add_argument("--owner", required=True, help="who the key is for (shown in listings)")
     p.add_argument("--pools", default=None, help="comma-separated pools/models (default all)")
     p.add_argument("--expires", default=None, help="e.g. 30d, 12h, 2w, or a date")
     verb(ts, "ls", cmd_teamkeys_ls, "team keys with spend (never the key itself)"

@@ -90,6 +90,25 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console(args: argparse.Namespace, auto_start: bool) -> int:
+    # lazy: the daemon never needs Qt, and a headless install may lack it
+    try:
+        from switchman_gui.app import run
+    except ImportError as e:
+        print(f"switchman: the console needs PySide6 (pip install 'switchman[gui]'): {e}",
+              file=sys.stderr)
+        return 2
+    return run(args.data_dir, auto_start=auto_start or args.start, theme_name=args.theme)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    return _console(args, auto_start=False)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return _console(args, auto_start=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from switchman_daemon.admin_cli import add_admin_commands
 
@@ -118,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--config", default=None)
     ex.set_defaults(func=cmd_ledger_export)
     add_admin_commands(sub)
+    from switchman_daemon.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)  # switchman eval (replay harness, issue #3)
+
+    for name, func, text in (
+            ("up", cmd_up, "start the daemon if it is not running and open the console"),
+            ("console", cmd_console, "open the desktop console (asks before starting the "
+                                     "daemon)")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--data-dir", default=None, help="the daemon's data directory")
+        c.add_argument("--start", action="store_true", help=argparse.SUPPRESS)
+        c.add_argument("--theme", choices=["light", "dark"], default=None,
+                       help="override the OS colour scheme")
+        c.set_defaults(func=func)
     return p
 
 

@@ -25,6 +25,7 @@ from switchman_shared import admin_errors as k
 from switchman_shared.admin_discovery import Endpoint, discover
 from switchman_shared.admin_errors import AdminError
 from switchman_shared.proto_gen.switchman.v1 import (
+    budgets_pb2,
     budgets_pb2_grpc,
     daemon_pb2,
     daemon_pb2_grpc,
@@ -37,6 +38,7 @@ from switchman_shared.proto_gen.switchman.v1 import (
     providers_pb2_grpc,
     stats_pb2,
     stats_pb2_grpc,
+    teamkeys_pb2,
     teamkeys_pb2_grpc,
 )
 
@@ -205,6 +207,59 @@ class AdminClient(_Stubs):
 
     def shutdown(self) -> None:
         self.call(self.daemon.Shutdown, daemon_pb2.ShutdownRequest())
+
+    # -- budgets, team keys, rollups ---------------------------------------------
+
+    def set_budget(self, scope: str, period: str, *, subject: str = "",
+                   soft_usd: float = 0.0, hard_usd: float = 0.0, timezone: str = "",
+                   budget_id: str = "") -> budgets_pb2.Budget:
+        """Create a budget (or replace ``budget_id``). ``scope``: global, team_key or
+        session (no ``subject`` = each key/session separately); ``period``: daily,
+        weekly, monthly or total; a limit of 0 = none; no ``timezone`` = the
+        daemon's local zone."""
+        names = {"scope": (budgets_pb2.BudgetScope, "BUDGET_SCOPE_", scope),
+                 "period": (budgets_pb2.BudgetPeriod, "BUDGET_PERIOD_", period)}
+        values: dict[str, int] = {}
+        for field, (enum, prefix, name) in names.items():
+            choices = [n[len(prefix):].lower() for n in enum.keys()  # noqa: SIM118
+                       if not n.endswith("UNSPECIFIED")]
+            if name.lower() not in choices:
+                raise AdminError(k.INVALID_ARGUMENT,
+                                 f"unknown budget {field} {name!r} ({', '.join(choices)})")
+            values[field] = enum.Value(prefix + name.upper())
+        b = budgets_pb2.Budget(id=budget_id, scope_id=subject, soft_usd=soft_usd,
+                               hard_usd=hard_usd, timezone=timezone, **values)
+        return self.call(self.budgets.SetBudget, budgets_pb2.SetBudgetRequest(budget=b))
+
+    def list_budgets(self) -> list[budgets_pb2.Budget]:
+        return list(self.call(self.budgets.ListBudgets,
+                              budgets_pb2.ListBudgetsRequest()).budgets)
+
+    def remove_budget(self, budget_id: str) -> None:
+        self.call(self.budgets.RemoveBudget, budgets_pb2.RemoveBudgetRequest(id=budget_id))
+
+    def budget_status(self, ids: list[str] | None = None) -> list[budgets_pb2.BudgetStatus]:
+        """Status rows (one per budget, or per key/session of a template budget)."""
+        return list(self.call(self.budgets.GetStatus,
+                              budgets_pb2.GetBudgetStatusRequest(ids=ids or [])).statuses)
+
+    def issue_team_key(self, name: str, owner: str, pools: list[str] | None = None,
+                       expires_at: float = 0.0) -> teamkeys_pb2.IssueTeamKeyReply:
+        """A new team key; ``reply.plaintext`` is the only time the key is shown."""
+        return self.call(self.teamkeys.Issue, teamkeys_pb2.IssueTeamKeyRequest(
+            name=name, owner=owner, allowed_pools=pools or [], expires_at=expires_at))
+
+    def list_team_keys(self, include_revoked: bool = False) -> list[teamkeys_pb2.TeamKey]:
+        return list(self.call(self.teamkeys.List, teamkeys_pb2.ListTeamKeysRequest(
+            include_revoked=include_revoked)).keys)
+
+    def revoke_team_key(self, key_id: str) -> teamkeys_pb2.TeamKey:
+        return self.call(self.teamkeys.Revoke, teamkeys_pb2.RevokeTeamKeyRequest(id=key_id))
+
+    def get_rollups(self, resolution: int = stats_pb2.RESOLUTION_HOUR, since: float = 0.0,
+                    until: float = 0.0) -> list[stats_pb2.Rollup]:
+        return list(self.call(self.stats.GetRollups, stats_pb2.GetRollupsRequest(
+            resolution=resolution, since=since, until=until)).rollups)
 
 
 class _AioToken(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):

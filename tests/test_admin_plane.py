@@ -66,10 +66,14 @@ def test_status_and_unregistered_service(client: AdminClient,
     assert s.proxy_url.endswith(f":{admin_daemon.port}")
     assert set(s.providers) == {"sim-anthropic", "sim-openai"}
     assert s.models == 6 and s.local_open
+    # every service is registered now; a method outside the access table is refused
+    assert client.call(client.budgets.ListBudgets, budgets_pb2.ListBudgetsRequest())
+    unknown = client.channel.unary_unary("/switchman.v1.BudgetService/Nope",
+                                         request_serializer=lambda m: m.SerializeToString(),
+                                         response_deserializer=budgets_pb2.ListBudgetsReply.FromString)
     with pytest.raises(AdminError) as ei:
-        client.call(client.budgets.ListBudgets, budgets_pb2.ListBudgetsRequest())
+        client.call(unknown, budgets_pb2.ListBudgetsRequest())
     assert ei.value.kind == "unimplemented"
-    # budgets_pb2_grpc is generated and importable for the domain module's servicer
     assert budgets_pb2_grpc.BudgetServiceServicer
 
 

@@ -23,13 +23,14 @@ from multidict import CIMultiDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from switchman_daemon.config import load_config  # noqa: E402
-from switchman_daemon.models import ModelRegistry  # noqa: E402
-from switchman_daemon.protocol.ir import Usage  # noqa: E402
-from switchman_daemon.routing.prefix import build_chain  # noqa: E402
-from switchman_daemon.routing.router import Router  # noqa: E402
-from switchman_daemon.routing.signals import read_signals  # noqa: E402
-from tests.support.shapes import claude_code_turn  # noqa: E402
+from switchman_daemon.config import load_config
+from switchman_daemon.models import ModelRegistry
+from switchman_daemon.protocol.ir import Usage
+from switchman_daemon.routing.prefix import build_chain
+from switchman_daemon.routing.router import Router
+from switchman_daemon.routing.signals import read_signals
+
+from tests.support.shapes import claude_code_turn
 
 
 def _session(turns: int) -> tuple[dict, dict]:

@@ -17,6 +17,7 @@ Writes are synchronous SQL, so they run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -122,11 +123,21 @@ class BudgetServicer(budgets_pb2_grpc.BudgetServiceServicer):
             raise ValueError("budget scope is required (global, team_key or session)")
         if period is None:
             raise ValueError("budget period is required (daily, weekly, monthly or total)")
-        saved = await asyncio.to_thread(
-            self._budgets.set, scope, period,  # type: ignore[arg-type]
-            soft_usd=b.soft_usd or None, hard_usd=b.hard_usd or None,
-            subject=b.scope_id or None, timezone=b.timezone or self._local_zone(),
-            budget_id=b.id or None)
+        assert self.daemon.ctx is not None
+        ledger = self.daemon.ctx.ledger
+
+        def run() -> Any:
+            # A new budget loads its period's spend from the ledger: write the
+            # batched rows of requests that just finished first, or they'd be missed.
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                ledger.flush(timeout=2.0)
+            return self._budgets.set(
+                scope, period,  # type: ignore[arg-type]
+                soft_usd=b.soft_usd or None, hard_usd=b.hard_usd or None,
+                subject=b.scope_id or None, timezone=b.timezone or self._local_zone(),
+                budget_id=b.id or None)
+
+        saved = await asyncio.to_thread(run)
         return budget_msg(saved.to_dict())
 
     async def ListBudgets(self, request: pb.ListBudgetsRequest, context: Any
