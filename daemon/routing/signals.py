@@ -39,7 +39,11 @@ class Signals:
         """The key caches are tracked under: a sub-agent has its own prefix, so
         it is its own cache session (and can switch at no cost to its parent)."""
         sid = self.session_id or "anonymous"
-        return f"{sid}/{self.agent_id}" if self.agent_id else sid
+        if self.agent_id:
+            return f"{sid}/{self.agent_id}"
+        # utility calls (titles, commit messages) have their own short prefix;
+        # tracked apart, they cannot disturb the main loop's cache or trend
+        return f"{sid}/utility" if self.role == "utility" else sid
 
 
 def _json_field(raw: Any, key: str) -> Any:
