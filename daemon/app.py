@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
 from switchman_daemon import paths
 from switchman_daemon.admin.server import AdminServer
 from switchman_daemon.budgets import Budgets

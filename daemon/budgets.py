@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
 from switchman_daemon.ledger.schema import requests
 from switchman_daemon.store_tables import budgets as budgets_table
 from switchman_daemon.store_tables import ensure_admin_tables

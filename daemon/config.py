@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
 from switchman_shared.config_schema import Config
 
 

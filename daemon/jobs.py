@@ -31,6 +31,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
+
 from switchman_daemon.budgets import Budgets
 from switchman_daemon.ledger.schema import requests
 from switchman_daemon.rollups import Rollups

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+
 from switchman_daemon.config import ConfigError, merge
 from switchman_daemon.models import ModelRegistry
 from switchman_shared.config_schema import Config

@@ -18,6 +18,7 @@ from typing import Literal
 import httpx
 import keyring
 import keyring.errors
+
 from switchman_daemon import secrets
 from switchman_daemon.managed_config import ConfigEditor, dump
 from switchman_daemon.providers.upstream import ANTHROPIC_VERSION, Upstream

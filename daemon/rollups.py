@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
 from switchman_daemon.ledger.schema import requests
 from switchman_daemon.store_tables import ensure_admin_tables, rollups
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
 from switchman_daemon.store_tables import ensure_admin_tables, get_or_create_secret, team_keys
 
 KEY_PREFIX = "sk-sw-"

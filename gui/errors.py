@@ -8,8 +8,10 @@ dismissable banner. Nothing else formats error text.
 from __future__ import annotations
 
 import grpc
+
 from switchman_shared import admin_errors as k
 from switchman_shared.admin_errors import AdminError
+
 
 def as_admin_error(e: BaseException) -> AdminError:
     """Any exception from a call as an AdminError (unknown ones are internal)."""

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import field_mask_pb2
 from grpc import aio
+
 from switchman_shared import admin_errors as k
 from switchman_shared.admin_discovery import Endpoint, discover
 from switchman_shared.admin_errors import AdminError

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
 from switchman_shared.admin_errors import UNAVAILABLE, AdminError
 
 APP = "switchman"

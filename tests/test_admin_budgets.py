@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+
 from switchman_daemon.cli import main
 from switchman_shared.admin_client import AdminClient
 from switchman_shared.admin_errors import AdminError
 from switchman_shared.proto_gen.switchman.v1 import budgets_pb2, stats_pb2, teamkeys_pb2
-
 from tests.support.memory_keyring import MemoryKeyring
 from tests.support.running import RunningDaemon
 

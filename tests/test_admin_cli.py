@@ -8,8 +8,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from switchman_daemon.cli import main
 
+from switchman_daemon.cli import main
 from tests.support.memory_keyring import MemoryKeyring
 from tests.support.running import RunningDaemon
 

@@ -11,6 +11,7 @@ import tomllib
 import grpc
 import httpx
 import pytest
+
 from switchman_daemon.admin.server import load_or_create_token
 from switchman_daemon.config import load_config
 from switchman_daemon.managed_config import with_managed
@@ -26,7 +27,6 @@ from switchman_shared.proto_gen.switchman.v1 import (
     policy_pb2,
     providers_pb2,
 )
-
 from tests.support.admin import raw_channel
 from tests.support.memory_keyring import MemoryKeyring
 from tests.support.running import RunningDaemon

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
 from switchman_daemon.budgets import BudgetExceeded, Budgets, estimate_usd, period_bounds
 from switchman_daemon.ledger import Ledger
 from switchman_daemon.ledger.schema import requests

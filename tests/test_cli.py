@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from switchman_daemon.cli import main
 
+from switchman_daemon.cli import main
 from tests.support.running import RunningDaemon
 
 

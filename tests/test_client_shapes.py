@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from switchman_daemon.sim import create_sim_app
 
+from switchman_daemon.sim import create_sim_app
 from tests.support.running import RunningApp, RunningDaemon
 from tests.support.shapes import aider_turn, claude_code_turn, codex_turn
 

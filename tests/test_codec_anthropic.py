@@ -11,6 +11,7 @@ import anthropic
 import orjson
 import pytest
 from aiohttp import web
+
 from switchman_daemon.errors import ApiError, ErrorKind
 from switchman_daemon.protocol import anthropic as codec
 from switchman_daemon.protocol.ir import (

@@ -10,6 +10,7 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
+
 from switchman_daemon.errors import ApiError, ErrorKind
 from switchman_daemon.protocol import chat
 from switchman_daemon.protocol.ir import (

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
 from switchman_daemon.budgets import Budgets
 from switchman_daemon.jobs import JobRunner, start_jobs
 from switchman_daemon.ledger import Ledger

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
+
 from switchman_daemon.ledger import Ledger, RequestClose, RequestOpen
 from switchman_daemon.ledger.export import EXPORT_COLUMNS, export, parse_since
 from switchman_daemon.ledger.schema import SchemaVersionError, meta, requests

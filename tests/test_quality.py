@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from switchman_daemon.models import ModelInfo, Prices
 from switchman_daemon.routing.features import N_FEATURES, request_features
 from switchman_daemon.routing.quality import DEFAULT_ARTIFACT, QualityModel

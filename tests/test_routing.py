@@ -8,6 +8,7 @@ import json
 
 import pytest
 from multidict import CIMultiDict
+
 from switchman_daemon.config import load_config
 from switchman_daemon.models import ModelRegistry
 from switchman_daemon.protocol.ir import Usage
@@ -18,7 +19,6 @@ from switchman_daemon.routing.router import Router, remaining_turns
 from switchman_daemon.routing.signals import read_signals
 from switchman_daemon.routing.switching import strip_reasoning
 from switchman_daemon.routing.tracker import CacheTracker
-
 from tests.support.shapes import aider_turn, claude_code_turn, codex_turn
 
 

@@ -12,6 +12,7 @@ import anthropic
 import openai
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+
 from switchman_daemon.sim import SIM_STATE, SimState, create_sim_app
 from switchman_daemon.sim.replies import parse_directives
 from switchman_daemon.sim.tokens import text_tokens

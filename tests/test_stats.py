@@ -4,6 +4,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from switchman_daemon.models import ModelInfo, Prices
 from switchman_daemon.protocol.ir import Usage
 from switchman_daemon.proxy.flow import Flow

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from switchman_daemon.ledger.schema import make_engine
 from switchman_daemon.store_tables import team_keys
 from switchman_daemon.teamkeys import TeamKeys, key_from_headers

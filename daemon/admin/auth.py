@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from grpc import aio
+
 from switchman_daemon.admin.errors import to_status, trailing
 from switchman_shared import admin_errors as k
 

@@ -13,6 +13,7 @@ import logging
 
 import grpc
 from pydantic import ValidationError
+
 from switchman_daemon.config import ConfigError
 from switchman_daemon.models import UnknownModel
 from switchman_daemon.routing.router import NoCandidate

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grpc import aio
+
 from switchman_daemon.admin.auth import AdminInterceptor
 from switchman_daemon.admin.servicers import register_all
 from switchman_shared.admin_discovery import ENDPOINT_FILE, SOCKET_FILE, TOKEN_FILE

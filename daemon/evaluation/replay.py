@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+
 from switchman_daemon.config import load_config
 from switchman_daemon.evaluation.schema import TraceRecord
 from switchman_daemon.evaluation.synthetic import success_prob
@@ -77,6 +78,10 @@ def _text(uid: str, tokens: int, head: str = "") -> str:
     need = max(0, 4 * max(tokens, 1) - len(start))
     off = zlib.crc32(uid.encode()) % 1000  # vary content a little between blocks
     return start + _FILL[off:off + need]
+
+
+def _ask_tokens(text: str) -> int:
+    return (len(text.encode()) + 3) // 4 + 4
 
 
 @dataclass
@@ -179,8 +184,13 @@ class BodyBuilder:
         head = r.task_text if r.role != "compaction" else _COMPACT_TEXT
         if old is not None and r.role == "main" and r.task_id == old.task:
             head = "This session is being continued from a previous conversation. " + head
-        st.messages = [{"role": "user", "content": [
-            {"type": "text", "text": _text(f"{key}/{st.n}/h", max(prompt - sys_tok, 1), head)}]}]
+        # the history (or summary) first, the user's own words last: routing reads
+        # the task text from the final user turn, as it would from a real client
+        hist = _text(f"{key}/{st.n}/h", max(prompt - sys_tok - _ask_tokens(head), 1))
+        st.messages = [
+            {"role": "user", "content": [{"type": "text", "text": hist}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Understood."}]},
+            {"role": "user", "content": [{"type": "text", "text": head or "Continue."}]}]
         self.streams[key] = st
         return st
 
@@ -191,12 +201,14 @@ class BodyBuilder:
         rest = max(new - out, 1)
         msgs = _strip_marks(st.messages)
         new_task = r.role == "main" and r.task_id != st.task
+        if new_task:  # the user's message is just the task; the rest is the reply
+            out, rest = max(new - _ask_tokens(r.task_text), 1), 0
         asst: list[dict[str, Any]] = [{"type": "text", "text": _text(uid + "/a", max(out - 12, 1))}]
         if r.role == "compaction":
             user: list[dict[str, Any]] = [{"type": "text", "text": _text(uid + "/c", rest,
                                                                           _COMPACT_TEXT)}]
         elif new_task:
-            user = [{"type": "text", "text": _text(uid + "/u", rest, r.task_text)}]
+            user = [{"type": "text", "text": r.task_text or "Next task."}]
         else:
             tid = f"toolu_{zlib.crc32(uid.encode()):010d}"
             asst.append({"type": "tool_use", "id": tid, "name": "Bash", "input": {"arg": "x"}})

@@ -97,7 +97,7 @@ def _session(rng: random.Random, sid: str, start: float) -> list[TraceRecord]:
     # a third of sessions resume an earlier conversation (claude --continue): the
     # history is there from the first call, cold
     prompt = system + (int(rng.uniform(60_000, 200_000)) if rng.random() < 0.35 else 0)
-    n_tasks = max(1, round(_lognormal(rng, 4.6, 0.5)))
+    n_tasks = max(1, round(_lognormal(rng, 5.0, 0.5)))
     first, rebuilt = True, False
     out_prev = 0
     for k in range(n_tasks):
@@ -106,7 +106,7 @@ def _session(rng: random.Random, sid: str, start: float) -> list[TraceRecord]:
         text = _task_text(rng, d)
         if k:
             # idle between tasks: often short, sometimes past the 5-minute TTL
-            t += rng.uniform(360, 2400) if rng.random() < 0.3 else rng.uniform(20, 200)
+            t += rng.uniform(360, 2400) if rng.random() < 0.2 else rng.uniform(20, 200)
         if rng.random() < 0.5:  # a title / topic utility call on the cheap path
             recs.append(TraceRecord(sid, t, 600 + len(text) // 4, role="utility",
                                     task_id=task, new_tokens=None, output_tokens=30,

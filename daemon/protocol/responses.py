@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+
 from switchman_daemon.errors import ApiError, ErrorKind
 from switchman_daemon.protocol.ir import (
     BlockDelta,

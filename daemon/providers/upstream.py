@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
+
 from switchman_daemon import secrets
 from switchman_shared.config_schema import DaemonSettings, ProviderConfig
 

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import zstandard
 from aiohttp import web
+
 from switchman_daemon.errors import ApiError, ErrorKind
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+
 from switchman_daemon import __version__
 from switchman_daemon.errors import ApiError, ErrorKind, WireFormat
 from switchman_daemon.models import UnknownModel

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 from aiohttp import web
+
 from switchman_daemon.errors import ApiError, ErrorKind, kind_for_status, render
 from switchman_daemon.models import ModelInfo
 from switchman_daemon.pricing import cost_usd

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
 from switchman_shared.catalog import CatalogModel
 
 from . import replies

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
 from switchman_shared.catalog import CatalogModel, load_catalog
 
 from . import anthropic, openai

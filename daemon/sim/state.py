@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
 from switchman_shared.catalog import CatalogModel
 
 from .cache import CacheTable

@@ -29,7 +29,6 @@ from switchman_daemon.protocol.ir import Usage
 from switchman_daemon.routing.prefix import build_chain
 from switchman_daemon.routing.router import Router
 from switchman_daemon.routing.signals import read_signals
-
 from tests.support.shapes import claude_code_turn
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import keyring
 import pytest
-from switchman_shared.admin_client import AdminClient
 
+from switchman_shared.admin_client import AdminClient
 from tests.support.memory_keyring import MemoryKeyring
 from tests.support.running import RunningDaemon
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
 from switchman_daemon.app import Daemon
 from switchman_daemon.config import load_config
 

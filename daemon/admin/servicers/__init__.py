@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from grpc import aio
+
 from switchman_daemon.managed_config import ConfigEditor
 from switchman_shared.config_schema import Config
 

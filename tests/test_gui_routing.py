@@ -1,0 +1,52 @@
+"""Routing page: sliders change the daemon's live objective; the what-if preview
+lands on the Pareto chart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt
+
+from switchman_gui.app import MainWindow
+from switchman_shared.admin_client import AdminClient
+from tests.support.gui import settle, wait_for, window  # noqa: F401
+from tests.support.running import RunningDaemon
+
+
+def test_dragging_a_slider_changes_the_daemons_policy(
+        window: MainWindow, admin_daemon: RunningDaemon, qtbot: Any) -> None:  # noqa: F811
+    page = window.page("Routing")
+    qtbot.keyClick(window, Qt.Key.Key_5, Qt.KeyboardModifier.ControlModifier)
+    assert window.stack.currentWidget() is page
+    settle(qtbot, window)
+    cost = page.sliders["cost"]
+    wait_for(qtbot, lambda: cost.value() == 50)  # read from the daemon on show
+    # a drag: press, move through several positions, release
+    cost.setSliderDown(True)
+    for v in (60, 70, 80, 90):
+        cost.setSliderPosition(v)
+    cost.setSliderDown(False)
+    with AdminClient.connect(admin_daemon.daemon.data_dir) as c:
+        wait_for(qtbot, lambda: abs(c.get_policy().objective.cost - 0.9) < 1e-9)
+        o = c.get_policy().objective
+        assert (o.quality, o.latency) == (0.5, 0.2)  # untouched weights stay
+    assert admin_daemon.ctx.config.routing.objective.cost == 0.9
+    wait_for(qtbot, lambda: "live: cost 0.90" in page.applied.text())
+
+    # the what-if preview marks the router's pick on the chart
+    wait_for(qtbot, lambda: page.chosen.count() == 1)
+    assert page.pick.text().startswith("sim-")
+    assert len(page.model_series) == 6 and page.frontier.count() >= 1
+    assert page.presets.count() == 3
+
+
+def test_keyboard_moves_a_slider_too(window: MainWindow, admin_daemon: RunningDaemon,  # noqa: F811
+                                     qtbot: Any) -> None:
+    page = window.page("Routing")
+    window.go(4)
+    settle(qtbot, window)
+    lat = page.sliders["latency"]
+    wait_for(qtbot, lambda: lat.value() == 20)
+    lat.setFocus()
+    qtbot.keyClick(lat, Qt.Key.Key_End)
+    wait_for(qtbot, lambda: admin_daemon.ctx.config.routing.objective.latency == 1.0)
