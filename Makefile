@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (only Python 3.11+ needed):
-#   make run    set up and run Switchman on the embedded defaults (SQLite, simulated providers)
+#   make run    set up and run Switchman (daemon + console) on the embedded defaults
 #   make test   set up and run the test suite
 PY ?= python3
 VENV ?= .venv
@@ -12,14 +12,17 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 setup: $(BIN)/python
+	bash scripts/system-deps.sh
 	$(BIN)/pip install -q -e ".[gui]"
 
 setup-dev: $(BIN)/python
 	bash scripts/system-deps.sh
 	$(BIN)/pip install -q -e ".[gui,dev]"
 
+# daemon + console on the embedded defaults (SQLite, simulated providers); on a
+# machine without a display it runs the daemon alone in the foreground
 run: setup
-	$(BIN)/switchman daemon $(ARGS)
+	$(BIN)/switchman up $(ARGS)
 
 test: setup-dev
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # APScheduler narrates every job run at INFO; keep the daemon log readable
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def _config_path(arg: str | None) -> Path | None:
@@ -105,7 +108,23 @@ def cmd_console(args: argparse.Namespace) -> int:
     return _console(args, auto_start=False)
 
 
+def _has_display() -> bool:
+    if os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    if sys.platform.startswith("linux") or "bsd" in sys.platform:
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True  # macOS and Windows always have a desktop session
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    if not _has_display():
+        # a headless machine (server, container, SSH): the daemon alone, in the
+        # foreground; the console can connect from a desktop later
+        print("switchman: no display found; running the daemon in the foreground "
+              "(the console needs a desktop session)", file=sys.stderr)
+        return cmd_daemon(argparse.Namespace(
+            host=None, port=None, data_dir=args.data_dir, config=None, log_level="info",
+            sim_time_scale=None))
     return _console(args, auto_start=True)
 
 
