@@ -36,6 +36,7 @@ from switchman_daemon.routing.router import Router
 from switchman_daemon.savings import SavingsAddon
 from switchman_daemon.stats import StatsHub
 from switchman_daemon.teamkeys import TeamKeys
+from switchman_shared.catalog import catalog_version, load_catalog
 from switchman_shared.config_schema import Config
 
 log = logging.getLogger("switchman.daemon")
@@ -168,8 +169,10 @@ class Daemon:
         ctx.addons += [SavingsAddon(lambda: ctx.router), RoutingObserver(lambda: ctx.router),
                        BudgetAddon(budgets), LedgerAddon(ledger), stats]
         self.rollups = Rollups(ledger.engine, tz=_local_tz())
+        self._catalog_version = catalog_version()
         self.jobs = start_jobs(ledger.engine, budgets, rollups=self.rollups, teamkeys=teamkeys,
-                               cache_expiry=lambda: ctx.router.tracker.sweep())
+                               cache_expiry=lambda: ctx.router.tracker.sweep(),
+                               price_refresh=self.refresh_prices)
 
         app = web.Application(
             client_max_size=self.ctx.body_limit + 1024, middlewares=[errors_middleware]
@@ -245,6 +248,19 @@ class Daemon:
     def request_shutdown(self) -> None:
         if self.on_shutdown_request is not None:
             self.on_shutdown_request()
+
+    async def refresh_prices(self) -> bool:
+        """Re-read the shipped price catalog (an upgrade may have replaced it);
+        when its version changed, rebuild the registry so new prices apply."""
+        load_catalog.cache_clear()
+        version = catalog_version()
+        if version == self._catalog_version or self.ctx is None:
+            return False
+        log.info("price catalog changed (%s -> %s); reloading model prices",
+                 self._catalog_version, version)
+        self._catalog_version = version
+        await self.apply_config(self.ctx.config)
+        return True
 
     async def stop(self) -> None:
         if self.admin is not None:

@@ -123,3 +123,20 @@ def test_local_open_refuses_non_loopback(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="local-open"):
         RunningDaemon(tmp_path, overrides={"daemon": {"host": "0.0.0.0"}}, host="0.0.0.0")
+
+
+def test_price_catalog_refresh_applies_new_prices(daemon: RunningDaemon,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import switchman_daemon.app as app_mod
+    from switchman_shared.catalog import CatalogModel
+
+    d = daemon.daemon
+    assert daemon.lt.run(d.refresh_prices()) is False  # unchanged catalog: nothing to do
+    real = app_mod.load_catalog()
+    bumped = {k: (CatalogModel.model_validate({**v.model_dump(), "input": v.input * 2})
+                  if k == "sim-gpt-cheap" else v) for k, v in real.items()}
+    monkeypatch.setattr(app_mod, "catalog_version", lambda: "2099-01-01")
+    monkeypatch.setattr("switchman_daemon.models.load_catalog", lambda: bumped)
+    assert daemon.lt.run(d.refresh_prices()) is True
+    assert daemon.ctx.registry.models["sim-gpt-cheap"].prices.input == pytest.approx(
+        real["sim-gpt-cheap"].input * 2)
