@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--data-dir", default=None)
     ex.add_argument("--config", default=None)
     ex.set_defaults(func=cmd_ledger_export)
+    sub.add_parser("train", help="train the routing quality predictor on outcome data "
+                   "(switchman train --help)", add_help=False)
     add_admin_commands(sub)
     from switchman_daemon.evaluation.cli import add_eval_parser
 
@@ -174,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        # the trainer owns its options (numpy is needed only here)
+        from switchman_daemon.training.quality_train import train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
