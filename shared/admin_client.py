@@ -262,6 +262,18 @@ class AdminClient(_Stubs):
         return list(self.call(self.stats.GetRollups, stats_pb2.GetRollupsRequest(
             resolution=resolution, since=since, until=until)).rollups)
 
+    def replay_preview(self, days: float = 7.0,
+                       objectives: list[tuple[float, float, float]] | None = None,
+                       max_requests: int = 5000) -> policy_pb2.ReplayPreviewReply:
+        """What the last ``days`` of recorded traffic would have cost under each
+        (cost, quality, latency) objective (None = the current one plus a sweep),
+        replayed in the daemon; quality is predicted, not measured."""
+        req = policy_pb2.ReplayPreviewRequest(
+            days=days, max_requests=max_requests,
+            objectives=[policy_pb2.Objective(cost=c, quality=q, latency=lat)
+                        for c, q, lat in objectives or ()])
+        return self.call(self.policy.ReplayPreview, req)
+
 
 class _AioToken(aio.UnaryUnaryClientInterceptor, aio.UnaryStreamClientInterceptor):
     def __init__(self, token: str) -> None:

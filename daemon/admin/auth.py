@@ -37,6 +37,7 @@ ACCESS: dict[str, str] = {
     _P + "PolicyService/GetPolicy": READ,
     _P + "PolicyService/SetPolicy": WRITE,
     _P + "PolicyService/Preview": READ,
+    _P + "PolicyService/ReplayPreview": READ,  # replays in the daemon; changes nothing
     _P + "BudgetService/SetBudget": WRITE,
     _P + "BudgetService/ListBudgets": READ,
     _P + "BudgetService/RemoveBudget": WRITE,

@@ -22,8 +22,10 @@ import csv
 import json
 import re
 import sqlite3
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from switchman_daemon.evaluation.schema import TraceRecord
 
@@ -135,22 +137,41 @@ def swe_agent_traj(path: Path) -> list[TraceRecord]:
     return out
 
 
+_LEDGER_COLS = ("started_at", "session_id", "agent_id", "request_role", "input_tokens",
+                "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+                "output_tokens")
+
+
 def ledger(path: Path) -> list[TraceRecord]:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = con.execute(
-            "SELECT started_at, session_id, agent_id, request_role, input_tokens, "
-            "cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens "
+            f"SELECT {', '.join(_LEDGER_COLS)} "
             "FROM requests WHERE status = 'ok' ORDER BY started_at").fetchall()
     finally:
         con.close()
+    return ledger_rows(dict(zip(_LEDGER_COLS, r, strict=True)) for r in rows)
+
+
+def ledger_rows(rows: Iterable[Mapping[str, Any]]) -> list[TraceRecord]:
+    """Ledger rows (dicts with the ``requests`` table's columns, oldest first, already
+    filtered to the ones to replay) as trace records. The served model, when the row
+    has one, is kept in ``extra["served_model"]`` (the recorded choice)."""
     out: list[TraceRecord] = []
-    t0 = rows[0][0] if rows else 0.0
-    for started, sid, agent, role, inp, rd, w5, w1, outp in rows:
+    t0: float | None = None
+    for row in rows:
+        started = float(row["started_at"])
+        t0 = started if t0 is None else t0
+        role = row.get("request_role")
         role = role if role in ("main", "subagent", "utility", "compaction") else "main"
-        out.append(TraceRecord(str(sid or "anonymous"), float(started) - t0,
-                               int(inp + rd + w5 + w1), role=role, agent_id=agent,
-                               task_id="", output_tokens=int(outp), source="ledger"))
+        prompt = sum(int(row.get(k) or 0) for k in (
+            "input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens"))
+        served = row.get("served_model")
+        out.append(TraceRecord(str(row.get("session_id") or "anonymous"), started - t0,
+                               prompt, role=role, agent_id=row.get("agent_id"),
+                               task_id="", output_tokens=int(row.get("output_tokens") or 0),
+                               source="ledger",
+                               extra={"served_model": served} if served else {}))
     # the ledger has no task marker: a call whose prompt did not grow from the
     # stream's previous one (a rebuild) or after >5 min idle starts a task
     last: dict[str, tuple[float, int, str]] = {}

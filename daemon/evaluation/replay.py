@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from switchman_daemon.config import load_config
+from switchman_daemon.config import load_config, merge
 from switchman_daemon.evaluation.schema import TraceRecord
 from switchman_daemon.evaluation.synthetic import success_prob
 from switchman_daemon.models import ModelInfo, ModelRegistry
@@ -39,6 +39,7 @@ from switchman_daemon.routing.tracker import CacheTracker
 from switchman_daemon.sim.anthropic import prefix_segments
 from switchman_daemon.sim.cache import CacheEntry, CacheTable, Prefixes, anthropic_apply, chain
 from switchman_shared.catalog import CatalogModel, load_catalog
+from switchman_shared.config_schema import Config
 
 POOL = "eval"
 DEFAULT_POOL = ("sim-claude-strong", "sim-claude-mid", "sim-claude-cheap")
@@ -307,12 +308,16 @@ class Env:
     """Everything one strategy run needs: a fresh clock, sim cache and models."""
 
     def __init__(self, pool: Sequence[str], objective: dict[str, float] | None = None,
-                 quality: QualityPredictor | None = None) -> None:
+                 quality: QualityPredictor | None = None, base: Config | None = None) -> None:
         self.pool = list(pool)
         over: dict[str, Any] = {"pools": {POOL: {"models": self.pool}}}
         if objective:
             over["routing"] = {"objective": objective}
-        self.config = load_config(None, overrides=over)
+        if base is None:
+            self.config = load_config(None, overrides=over)
+        else:
+            # a running daemon's config (its models, prices and routing settings)
+            self.config = Config.model_validate(merge(base.model_dump(), over))
         self.registry = ModelRegistry(self.config)
         self.models = [self.registry.models[n] for n in self.pool]
         self.clock = SimClock()

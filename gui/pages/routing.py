@@ -1,6 +1,8 @@
 """Routing: the objective's cost / quality / latency weights as sliders that
-apply live (debounced SetPolicy), and a what-if (PolicyService.Preview) drawn on
-a cost-vs-quality Pareto chart of the pool."""
+apply live (debounced SetPolicy), a what-if (PolicyService.Preview) drawn on
+a cost-vs-quality Pareto chart of the pool, and a what-if over the recorded
+traffic (PolicyService.ReplayPreview): what the last N days would have cost, at
+what predicted quality, under the slider position and a sweep of objectives."""
 
 from __future__ import annotations
 
@@ -36,7 +38,13 @@ PRESETS = {"Cheapest": (1.0, 0.0, 0.0), "Balanced": (0.5, 0.5, 0.2),
 PALETTE = ["#2f7ef6", "#20a464", "#e6a700", "#a45de0", "#e0454b", "#14a3b8", "#ff7f0e",
            "#8c564b", "#7f7f7f", "#bcbd22"]
 DEBOUNCE_MS = 300
+# the replay is seconds of daemon CPU on a big ledger: wait for the slider to rest
+REPLAY_DEBOUNCE_MS = 700
 ASSUMED_OUTPUT = 1000
+REPLAY_DAYS = (1, 7, 30)
+# objectives replayed besides the slider's: cost-led to quality-led
+REPLAY_SWEEP = ((1.0, 0.0, 0.0), (1.0, 0.3, 0.1), (0.5, 0.7, 0.1), (0.3, 1.0, 0.05),
+                (0.15, 1.0, 0.0), (0.0, 1.0, 0.0))
 
 
 def request_cost(m: Any, input_tokens: int, output_tokens: int = ASSUMED_OUTPUT) -> float:
@@ -151,6 +159,7 @@ class RoutingPage(Page):
         sw.setLayout(side)
         lower.addWidget(sw, 2)
         self.body.addLayout(lower, 1)
+        self.body.addLayout(self._build_replay(), 1)
 
         self._apply_timer = QTimer(self)
         self._apply_timer.setSingleShot(True)
@@ -163,6 +172,56 @@ class RoutingPage(Page):
         for sig in (self.req_model.currentTextChanged, self.req_tokens.valueChanged,
                     self.req_tools.toggled, self.req_images.toggled):
             sig.connect(lambda *_: self._preview_timer.start())
+        self._replay_timer = QTimer(self)
+        self._replay_timer.setSingleShot(True)
+        self._replay_timer.setInterval(REPLAY_DEBOUNCE_MS)
+        self._replay_timer.timeout.connect(self.replay)
+        self.replay_days.currentIndexChanged.connect(lambda *_: self._replay_timer.start())
+
+    def _build_replay(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.replay_chart = ScatterChart("Recorded traffic replayed: total cost vs quality",
+                                         "total cost ($)", "quality (predicted)")
+        self.replay_chart.chart_.legend().setAlignment(Qt.AlignmentFlag.AlignRight)
+        rc = self.replay_chart
+        rc.add_group("objectives swept", QColor("#9aa4b2"), line=True)
+        rc.add_group("what-if points", QColor("#2f7ef6"), size=9)
+        rc.add_group("always-strongest", QColor("#a45de0"), size=12)
+        rc.add_group("recorded (actual)", QColor("#20a464"), size=14)
+        rc.add_group("slider position", QColor(0, 0, 0, 0), size=24)
+        mark = rc.groups["slider position"]
+        assert isinstance(mark, QScatterSeries)
+        mark.setPen(QPen(theme.BAD, 3))
+        rec = rc.groups["recorded (actual)"]
+        assert isinstance(rec, QScatterSeries)
+        rec.setMarkerShape(QScatterSeries.MarkerShape.MarkerShapeRotatedRectangle)
+        row.addWidget(rc, 3)
+        side = QVBoxLayout()
+        pick = QHBoxLayout()
+        self.replay_days = QComboBox()
+        self.replay_days.addItems([f"{d} day{'s' if d > 1 else ''}" for d in REPLAY_DAYS])
+        self.replay_days.setCurrentIndex(REPLAY_DAYS.index(7))
+        self.replay_days.setAccessibleName("Recorded traffic window")
+        lab = QLabel("Recorded traffic: &last")
+        lab.setBuddy(self.replay_days)
+        pick.addWidget(lab)
+        pick.addWidget(self.replay_days)
+        pick.addStretch(1)
+        side.addLayout(pick)
+        self.replay_note = QLabel("")
+        self.replay_note.setObjectName("hint")
+        self.replay_note.setWordWrap(True)
+        side.addWidget(self.replay_note)
+        self.replay_summary = QListWidget()
+        self.replay_summary.setAccessibleName("Recorded traffic what-if")
+        self.replay_summary.setWordWrap(True)
+        side.addWidget(self.replay_summary, 1)
+        sw = QWidget()
+        sw.setLayout(side)
+        row.addWidget(sw, 2)
+        self._replay_seq = 0
+        self.replay_reply: Any = None
+        return row
 
     def _add_series(self, s: Any) -> None:
         self.chart.chart_.addSeries(s)
@@ -183,6 +242,7 @@ class RoutingPage(Page):
         self.applied.setText("applying…")
         self._apply_timer.start()
         self._preview_timer.start()
+        self._replay_timer.start()
 
     def _set_sliders(self, obj: Any) -> None:
         self._applying = True
@@ -234,6 +294,7 @@ class RoutingPage(Page):
         self.req_model.blockSignals(False)
         self._draw_pool()
         self.preview()
+        self.replay()
 
     def _point(self, name: str) -> tuple[float, float] | None:
         m = next((m for m in self.models if m.name == name), None)
@@ -307,3 +368,66 @@ class RoutingPage(Page):
             if pp:
                 preset_pts.append(QPointF(*pp))
         self.presets.replace(preset_pts)
+
+    # -- what-if over the recorded traffic ---------------------------------------------
+
+    def days(self) -> int:
+        return REPLAY_DAYS[max(self.replay_days.currentIndex(), 0)]
+
+    def replay(self) -> None:
+        """ReplayPreview for the slider position (sent first) and the sweep."""
+        self._replay_seq += 1
+        seq, days = self._replay_seq, self.days()
+        objectives = [self.objective(), *REPLAY_SWEEP]
+        self.replay_note.setText(f"replaying the last {days} day{'s' if days > 1 else ''}…")
+
+        def done(reply: Any) -> None:
+            if seq == self._replay_seq:  # a slower, older reply must not win
+                self._show_replay(reply)
+
+        def failed(_e: Any) -> None:
+            if seq == self._replay_seq:
+                self.replay_note.setText("the recorded-traffic what-if is not available")
+
+        self.conn.call(lambda c: c.replay_preview(days=days, objectives=objectives), done,
+                       action="replay the recorded traffic", on_err=failed)
+
+    def _show_replay(self, r: Any) -> None:
+        self.replay_reply = r
+        rc = self.replay_chart
+        self.replay_summary.clear()
+        if not r.points:
+            for name in rc.groups:
+                rc.set_points(name, [])
+            self.replay_note.setText(r.note or "nothing to replay")
+            return
+        mine, swept = r.points[0], list(r.points)
+        pts = [(p.cost_usd, p.quality) for p in swept]
+        rc.set_points("what-if points", pts)
+        rc.set_points("objectives swept", pareto_front(pts))
+        rc.set_points("slider position", [(mine.cost_usd, mine.quality)])
+        extra = [p for p in (r.recorded, r.strongest) if p.requests]
+        rc.set_points("recorded (actual)",
+                      [(r.recorded.cost_usd, r.recorded.quality)] if r.recorded.requests else [])
+        rc.set_points("always-strongest",
+                      [(r.strongest.cost_usd, r.strongest.quality)] if r.strongest.requests
+                      else [])
+        rc.fit([x for x, _ in pts] + [p.cost_usd for p in extra],
+               [y for _, y in pts] + [p.quality for p in extra])
+        rc.restyle()
+        n = r.recorded.requests
+        self.replay_note.setText(
+            r.note or f"{n} request{'s' if n != 1 else ''} replayed; quality is "
+            f"{mine.quality_source or 'predicted'}, not measured")
+        self.replay_summary.addItem(
+            f"at the slider: {money(mine.cost_usd)} · quality {mine.quality:.2f} · "
+            f"cache hits {mine.cache_hit_rate:.0%}")
+        self.replay_summary.addItem(
+            f"recorded: {money(r.recorded.cost_usd)} · quality {r.recorded.quality:.2f} · "
+            f"cache hits {r.recorded.cache_hit_rate:.0%}")
+        self.replay_summary.addItem(
+            f"always-strongest: {money(r.strongest.cost_usd)} · "
+            f"quality {r.strongest.quality:.2f}")
+        if r.recorded.baseline_cost_usd:
+            self.replay_summary.addItem(
+                f"recorded baseline (ledger): {money(r.recorded.baseline_cost_usd)}")

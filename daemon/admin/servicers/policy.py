@@ -1,9 +1,12 @@
-"""PolicyService: objective weights, fallbacks, rules, and a what-if preview."""
+"""PolicyService: objective weights, fallbacks, rules, a per-request what-if
+preview, and a what-if over the recorded traffic (ReplayPreview)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
+from switchman_daemon.evaluation import whatif
 from switchman_daemon.managed_config import ConfigEditor
 from switchman_daemon.routing.router import Router
 from switchman_daemon.routing.signals import Signals
@@ -77,3 +80,40 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         d = Router(cfg, ctx.registry).choose(s)
         return pb.PreviewReply(model=d.model.name, how=d.how,
                                fallbacks=[m.name for m in d.fallbacks], reasons=d.reasons)
+
+    async def ReplayPreview(self, request: pb.ReplayPreviewRequest,
+                            context: Any) -> pb.ReplayPreviewReply:
+        assert self.daemon.ctx is not None
+        ctx = self.daemon.ctx
+        days = request.days if request.days > 0 else whatif.DEFAULT_DAYS
+        limit = request.max_requests if request.max_requests > 0 else \
+            whatif.DEFAULT_MAX_REQUESTS
+        objectives = [{w: getattr(o, w) for w in _WEIGHTS} for o in request.objectives]
+        cfg = ctx.config  # one snapshot: a config swap mid-replay does not mix pools
+        since = whatif.window_start(days)
+
+        def work() -> whatif.WhatIf:
+            rows, truncated = whatif.recent_rows(ctx.ledger.engine, since, limit)
+            return whatif.what_if(rows, cfg, since=since, objectives=objectives,
+                                  truncated=truncated, days=days)
+
+        # reads and replay are blocking CPU work: keep them off the event loop
+        return replay_msg(await asyncio.to_thread(work))
+
+
+def _replay_point(p: whatif.Point | None) -> pb.ReplayPoint | None:
+    if p is None:
+        return None
+    msg = pb.ReplayPoint(cost_usd=p.cost_usd, quality=p.quality, quality_source=p.quality_source,
+                         cache_hit_rate=p.cache_hit_rate, requests=p.requests,
+                         baseline_cost_usd=p.baseline_cost_usd, current=p.current, label=p.label)
+    if p.objective is not None:
+        msg.objective.CopyFrom(pb.Objective(**p.objective))
+    return msg
+
+
+def replay_msg(w: whatif.WhatIf) -> pb.ReplayPreviewReply:
+    return pb.ReplayPreviewReply(
+        recorded=_replay_point(w.recorded), strongest=_replay_point(w.strongest),
+        points=[_replay_point(p) for p in w.points], note=w.note, since=w.since, pool=w.pool,
+        truncated=w.truncated)

@@ -273,3 +273,142 @@ class PreviewReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreviewReply: _TypeAlias = PreviewReply  # noqa: Y015
+
+@_typing.final
+class ReplayPreviewRequest(_message.Message):
+    """What-if over recorded traffic: the ledger's last ``days`` of requests replayed
+    through the real router against the simulator's cache (simulated clock) with
+    the daemon's current default pool, once per objective.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    OBJECTIVES_FIELD_NUMBER: _builtins.int
+    MAX_REQUESTS_FIELD_NUMBER: _builtins.int
+    days: _builtins.float
+    """0 = 7"""
+    max_requests: _builtins.int
+    """most recent N requests replayed; 0 = 5000"""
+    @_builtins.property
+    def objectives(self) -> _containers.RepeatedCompositeFieldContainer[Global___Objective]:
+        """empty = the current objective + a small sweep"""
+
+    def __init__(
+        self,
+        *,
+        days: _builtins.float = ...,
+        objectives: _abc.Iterable[Global___Objective] | None = ...,
+        max_requests: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "max_requests", b"max_requests", "objectives", b"objectives"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayPreviewRequest: _TypeAlias = ReplayPreviewRequest  # noqa: Y015
+
+@_typing.final
+class ReplayPoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECTIVE_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    QUALITY_SOURCE_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    BASELINE_COST_USD_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    cost_usd: _builtins.float
+    quality: _builtins.float
+    """mean per task of the served models' success probability"""
+    quality_source: _builtins.str
+    """"predicted": the ledger has no task outcomes"""
+    cache_hit_rate: _builtins.float
+    """cache-read tokens / prompt tokens"""
+    requests: _builtins.int
+    baseline_cost_usd: _builtins.float
+    """recorded only: the ledger's baseline_cost_usd"""
+    current: _builtins.bool
+    """this point is the live objective"""
+    label: _builtins.str
+    """"recorded" | "current" | "sweep" | "requested" | "always-strongest" """
+    @_builtins.property
+    def objective(self) -> Global___Objective:
+        """unset for the recorded / always-strongest points"""
+
+    def __init__(
+        self,
+        *,
+        objective: Global___Objective | None = ...,
+        cost_usd: _builtins.float = ...,
+        quality: _builtins.float = ...,
+        quality_source: _builtins.str = ...,
+        cache_hit_rate: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        baseline_cost_usd: _builtins.float = ...,
+        current: _builtins.bool = ...,
+        label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["objective", b"objective"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_cost_usd", b"baseline_cost_usd", "cache_hit_rate", b"cache_hit_rate", "cost_usd", b"cost_usd", "current", b"current", "label", b"label", "objective", b"objective", "quality", b"quality", "quality_source", b"quality_source", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayPoint: _TypeAlias = ReplayPoint  # noqa: Y015
+
+@_typing.final
+class ReplayPreviewReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    STRONGEST_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    note: _builtins.str
+    """e.g. "no recorded traffic in the last 7 days" """
+    since: _builtins.float
+    """epoch seconds: the window's start"""
+    truncated: _builtins.bool
+    """more requests than max_requests in the window"""
+    @_builtins.property
+    def recorded(self) -> Global___ReplayPoint:
+        """what the recorded traffic actually cost"""
+
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplayPoint]:
+        """the router per objective, in request order"""
+
+    @_builtins.property
+    def strongest(self) -> Global___ReplayPoint:
+        """always-strongest on the same traffic"""
+
+    @_builtins.property
+    def pool(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the models replayed over"""
+
+    def __init__(
+        self,
+        *,
+        recorded: Global___ReplayPoint | None = ...,
+        points: _abc.Iterable[Global___ReplayPoint] | None = ...,
+        strongest: Global___ReplayPoint | None = ...,
+        note: _builtins.str = ...,
+        since: _builtins.float = ...,
+        pool: _abc.Iterable[_builtins.str] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded", "strongest", b"strongest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "points", b"points", "pool", b"pool", "recorded", b"recorded", "since", b"since", "strongest", b"strongest", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayPreviewReply: _TypeAlias = ReplayPreviewReply  # noqa: Y015

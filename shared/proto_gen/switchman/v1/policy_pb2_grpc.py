@@ -49,6 +49,11 @@ class PolicyServiceStub:
                 request_serializer=switchman_dot_v1_dot_policy__pb2.PreviewRequest.SerializeToString,
                 response_deserializer=switchman_dot_v1_dot_policy__pb2.PreviewReply.FromString,
                 _registered_method=True)
+        self.ReplayPreview = channel.unary_unary(
+                '/switchman.v1.PolicyService/ReplayPreview',
+                request_serializer=switchman_dot_v1_dot_policy__pb2.ReplayPreviewRequest.SerializeToString,
+                response_deserializer=switchman_dot_v1_dot_policy__pb2.ReplayPreviewReply.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -72,6 +77,12 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplayPreview(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.Preview,
                     request_deserializer=switchman_dot_v1_dot_policy__pb2.PreviewRequest.FromString,
                     response_serializer=switchman_dot_v1_dot_policy__pb2.PreviewReply.SerializeToString,
+            ),
+            'ReplayPreview': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayPreview,
+                    request_deserializer=switchman_dot_v1_dot_policy__pb2.ReplayPreviewRequest.FromString,
+                    response_serializer=switchman_dot_v1_dot_policy__pb2.ReplayPreviewReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class PolicyService:
             '/switchman.v1.PolicyService/Preview',
             switchman_dot_v1_dot_policy__pb2.PreviewRequest.SerializeToString,
             switchman_dot_v1_dot_policy__pb2.PreviewReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayPreview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchman.v1.PolicyService/ReplayPreview',
+            switchman_dot_v1_dot_policy__pb2.ReplayPreviewRequest.SerializeToString,
+            switchman_dot_v1_dot_policy__pb2.ReplayPreviewReply.FromString,
             options,
             channel_credentials,
             insecure,

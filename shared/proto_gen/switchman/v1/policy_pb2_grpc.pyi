@@ -34,6 +34,7 @@ class PolicyServiceStub:
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_policy_pb2.GetPolicyRequest, _policy_pb2.Policy]
     SetPolicy: _grpc.UnaryUnaryMultiCallable[_policy_pb2.SetPolicyRequest, _policy_pb2.Policy]
     Preview: _grpc.UnaryUnaryMultiCallable[_policy_pb2.PreviewRequest, _policy_pb2.PreviewReply]
+    ReplayPreview: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ReplayPreviewRequest, _policy_pb2.ReplayPreviewReply]
 
 @_typing.type_check_only
 class PolicyServiceAsyncStub(PolicyServiceStub):
@@ -41,6 +42,7 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     GetPolicy: _aio.UnaryUnaryMultiCallable[_policy_pb2.GetPolicyRequest, _policy_pb2.Policy]  # type: ignore[assignment]
     SetPolicy: _aio.UnaryUnaryMultiCallable[_policy_pb2.SetPolicyRequest, _policy_pb2.Policy]  # type: ignore[assignment]
     Preview: _aio.UnaryUnaryMultiCallable[_policy_pb2.PreviewRequest, _policy_pb2.PreviewReply]  # type: ignore[assignment]
+    ReplayPreview: _aio.UnaryUnaryMultiCallable[_policy_pb2.ReplayPreviewRequest, _policy_pb2.ReplayPreviewReply]  # type: ignore[assignment]
 
 class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -63,5 +65,12 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _policy_pb2.PreviewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_policy_pb2.PreviewReply, _abc.Awaitable[_policy_pb2.PreviewReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ReplayPreview(
+        self,
+        request: _policy_pb2.ReplayPreviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_pb2.ReplayPreviewReply, _abc.Awaitable[_policy_pb2.ReplayPreviewReply]]: ...
 
 def add_PolicyServiceServicer_to_server(servicer: PolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
