@@ -37,9 +37,19 @@ from switchman_daemon.savings import SavingsAddon
 from switchman_daemon.stats import StatsHub
 from switchman_daemon.teamkeys import TeamKeys
 from switchman_shared.catalog import catalog_version, load_catalog
-from switchman_shared.config_schema import Config
+from switchman_shared.config_schema import Config, ProviderConfig
 
 log = logging.getLogger("switchman.daemon")
+
+
+def _base_url(pc: ProviderConfig, sim_base: str | None) -> str | None:
+    """Where a provider lives: its URL, or the built-in simulator's (None when
+    the simulator is off). The OpenAI SDK convention puts /v1 in base URLs."""
+    if pc.base_url != "sim":
+        return pc.base_url
+    if sim_base is None:
+        return None
+    return sim_base if pc.kind == "anthropic" else sim_base + "/v1"
 
 
 def _is_loopback(host: str) -> bool:
@@ -138,13 +148,9 @@ class Daemon:
             sim_base = await self._start_sim()
         upstreams: dict[str, Upstream] = {}
         for name, pc in cfg.providers.items():
-            if pc.base_url == "sim":
-                if sim_base is None:
-                    continue
-                base = sim_base if pc.kind == "anthropic" else sim_base + "/v1"
-            else:
-                base = pc.base_url
-            upstreams[name] = Upstream(name, pc, base, make_session(pc, cfg.daemon))
+            base = _base_url(pc, sim_base)
+            if base is not None:
+                upstreams[name] = Upstream(name, pc, base, make_session(pc, cfg.daemon))
         registry = ModelRegistry(cfg)
         ledger = Ledger(cfg.ledger.url or paths.ledger_url(self.data_dir))
         recovered = ledger.recover_interrupted()
@@ -220,13 +226,9 @@ class Daemon:
             if prev is not None and prev.config == pc:
                 upstreams[name] = prev
                 continue
-            if pc.base_url == "sim":
-                if sim_base is None:
-                    continue
-                base = sim_base if pc.kind == "anthropic" else sim_base + "/v1"
-            else:
-                base = pc.base_url
-            upstreams[name] = Upstream(name, pc, base, make_session(pc, cfg.daemon))
+            base = _base_url(pc, sim_base)
+            if base is not None:
+                upstreams[name] = Upstream(name, pc, base, make_session(pc, cfg.daemon))
         # one assignment each, no await between them: handlers never see a mix
         self.config = ctx.config = cfg
         ctx.registry, ctx.router, ctx.upstreams = registry, router, upstreams
