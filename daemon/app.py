@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +22,18 @@ from switchman_daemon import paths
 from switchman_daemon.admin.server import AdminServer
 from switchman_daemon.budgets import Budgets
 from switchman_daemon.config import ConfigError
+from switchman_daemon.errors import ApiError
 from switchman_daemon.jobs import JobRunner, start_jobs
 from switchman_daemon.ledger import Ledger
 from switchman_daemon.ledger_addon import LedgerAddon
+from switchman_daemon.logs import AccessLogAddon, new_request_id, request_id
+from switchman_daemon.metrics import METRICS, Metrics, metrics_handler
 from switchman_daemon.models import ModelRegistry
 from switchman_daemon.providers.upstream import Upstream, make_session
 from switchman_daemon.proxy.flow import Addon, Flow
 from switchman_daemon.proxy.gate import BudgetAddon, Gate
-from switchman_daemon.proxy.handlers import CTX, add_routes, errors_middleware
+from switchman_daemon.proxy.handlers import CTX, add_routes, errors_middleware, guess_format, refuse
+from switchman_daemon.proxy.origin import BrowserGuard, add_cors_headers, guard_middleware
 from switchman_daemon.proxy.relay import Relay
 from switchman_daemon.rollups import Rollups
 from switchman_daemon.routing.observer import RoutingObserver
@@ -59,6 +64,22 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """A server TLS context from a PEM cert chain and key, or None for plain HTTP."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ConfigError("[daemon] tls_cert and tls_key must be set together")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(os.path.expanduser(cert), os.path.expanduser(key))
+    except (OSError, ssl.SSLError) as e:
+        # the message names the files, never their contents
+        raise ConfigError(f"cannot load TLS cert/key ({cert}, {key}): {e}") from None
+    return ctx
+
+
 def _local_tz() -> str:
     """The machine's IANA zone name (charts bucket days at local midnight)."""
     try:
@@ -84,6 +105,7 @@ class DaemonContext:
     budgets: Budgets
     stats: StatsHub
     addons: list[Addon] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     relay: Relay = field(init=False)
 
@@ -143,6 +165,7 @@ class Daemon:
 
     async def start(self, host: str | None = None, port: int | None = None) -> int:
         cfg = self.config
+        tls = _tls_context(cfg.daemon.tls_cert, cfg.daemon.tls_key)  # fail before binding
         sim_base: str | None = None
         if cfg.sim.enabled and any(p.base_url == "sim" for p in cfg.providers.values()):
             sim_base = await self._start_sim()
@@ -173,18 +196,37 @@ class Daemon:
         # close-hook order matters: savings and budgets read the finished flow,
         # the routing observer consumes the body, the ledger and stats record all
         ctx.addons += [SavingsAddon(lambda: ctx.router), RoutingObserver(lambda: ctx.router),
-                       BudgetAddon(budgets), LedgerAddon(ledger), stats]
+                       BudgetAddon(budgets), LedgerAddon(ledger), stats,
+                       ctx.metrics, AccessLogAddon()]
         self.rollups = Rollups(ledger.engine, tz=_local_tz())
         self._catalog_version = catalog_version()
         self.jobs = start_jobs(ledger.engine, budgets, rollups=self.rollups, teamkeys=teamkeys,
                                cache_expiry=lambda: ctx.router.tracker.sweep(),
                                price_refresh=self.refresh_prices)
 
+        def refuse_browser(request: web.Request, err: ApiError) -> web.StreamResponse:
+            rid = new_request_id()
+            request_id.set(rid)
+            return refuse(ctx, guess_format(request), err, rid, time.perf_counter(),
+                          kind="browser_origin")
+
+        guard = BrowserGuard(cfg.daemon.allowed_origins, check_host=cfg.daemon.local_open)
         app = web.Application(
-            client_max_size=self.ctx.body_limit + 1024, middlewares=[errors_middleware]
+            client_max_size=self.ctx.body_limit + 1024,
+            # the guard is outermost: it refuses web pages on every path, /metrics included
+            middlewares=[guard_middleware(guard, refuse_browser), errors_middleware],
         )
         app[CTX] = self.ctx
+        app[METRICS] = ctx.metrics
         add_routes(app)
+        app.router.add_get("/metrics", metrics_handler)
+        if guard.allowed:
+            app.on_response_prepare.append(add_cors_headers)
+        if tls is None and not _is_loopback(listen_host):
+            log.warning(
+                "serving plain HTTP on non-loopback address %s: team keys and prompts cross "
+                "the network unencrypted. Set [daemon] tls_cert/tls_key, or bind 127.0.0.1 "
+                "behind a TLS-terminating reverse proxy (see README, Security)", listen_host)
         # handler_cancellation: a client that goes away cancels its handler, which
         # closes the upstream request instead of letting it run to the end.
         self._runner = web.AppRunner(
@@ -192,14 +234,16 @@ class Daemon:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host or cfg.daemon.host,
-                           cfg.daemon.port if port is None else port, backlog=1024)
+                           cfg.daemon.port if port is None else port, backlog=1024,
+                           ssl_context=tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
         if self._admin_enabled:
             self.admin = AdminServer(self)
             await self.admin.start()
-        log.info("switchman listening on http://%s:%s (%d models, providers: %s)",
-                 host or cfg.daemon.host, self.port, len(registry.models),
+        log.info("switchman listening on %s://%s:%s (%d models, providers: %s)",
+                 "https" if tls else "http", host or cfg.daemon.host, self.port,
+                 len(registry.models),
                  ", ".join(sorted(upstreams)))
         return self.port
 

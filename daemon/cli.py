@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,14 +17,10 @@ from pathlib import Path
 from switchman_daemon import __version__
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # APScheduler narrates every job run at INFO; keep the daemon log readable
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from switchman_daemon import logs
+
+    logs.setup(level, "json" if fmt == "json" else "text")
 
 
 def _config_path(arg: str | None) -> Path | None:
@@ -41,7 +36,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from switchman_daemon.app import Daemon, serve_forever
     from switchman_daemon.config import ConfigError, load_config
 
-    _setup_logging(args.log_level)
+    log_format = getattr(args, "log_format", None)
+    _setup_logging(args.log_level, log_format or "text")
     overrides: dict = {}
     if args.sim_time_scale is not None:
         overrides["sim"] = {"time_scale": args.sim_time_scale}
@@ -55,6 +51,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"switchman: {e}", file=sys.stderr)
         return 2
+    if log_format is None and config.daemon.log_format != "text":
+        _setup_logging(args.log_level, config.daemon.log_format)  # the flag wins over config
+    log_file = getattr(args, "log_file", None) or os.environ.get("SWITCHMAN_LOG_FILE")
+    if log_file:  # as a service: a rotating file under the user log dir (issue #6)
+        from switchman_daemon.service.logfile import log_to_file
+
+        log_to_file(Path(log_file))
     daemon = Daemon(config, data_dir)
     try:
         asyncio.run(serve_forever(daemon, args.host, args.port))
@@ -124,7 +127,7 @@ def cmd_up(args: argparse.Namespace) -> int:
               "(the console needs a desktop session)", file=sys.stderr)
         return cmd_daemon(argparse.Namespace(
             host=None, port=None, data_dir=args.data_dir, config=None, log_level="info",
-            sim_time_scale=None))
+            log_format=None, sim_time_scale=None))
     return _console(args, auto_start=True)
 
 
@@ -142,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None, help="ledger and state directory")
     d.add_argument("--config", default=None, help="TOML config merged over the defaults")
     d.add_argument("--log-level", default="info")
+    d.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="log lines as text or as JSON objects (default: [daemon] log_format)")
+    d.add_argument("--log-file", default=None,
+                   help="log to this rotating file instead of stderr (env SWITCHMAN_LOG_FILE; "
+                        "set by `switchman service install`)")
     d.add_argument("--sim-time-scale", type=float, default=None,
                    help="scale the simulated providers' delays (0 = instant)")
     d.set_defaults(func=cmd_daemon)
@@ -161,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     from switchman_daemon.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)  # switchman eval (replay harness, issue #3)
+    from switchman_daemon.setup_cli import add_setup_commands
+
+    add_setup_commands(sub)  # switchman setup / service / doctor (issue #6)
 
     for name, func, text in (
             ("up", cmd_up, "start the daemon if it is not running and open the console"),

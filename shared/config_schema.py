@@ -28,6 +28,16 @@ class DaemonSettings(BaseModel):
     # Without team keys, any client credential is accepted (loopback only).
     local_open: bool = True
     strip_attribution_header: bool = True
+    # Browser origins (scheme://host[:port]) allowed to call the proxy. Any other
+    # request carrying Origin/Referer is refused: a web page must not be able to
+    # drive a loopback API with the user's budget.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # PEM certificate chain and private key: serve HTTPS directly (else put a
+    # TLS-terminating reverse proxy in front when binding beyond loopback).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # "text" (human) or "json" (one object per line, with request ids).
+    log_format: Literal["text", "json"] = "text"
 
 
 class SimSettings(BaseModel):

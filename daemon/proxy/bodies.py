@@ -34,10 +34,20 @@ def decode(raw: bytes, encoding: str, limit: int) -> bytes:
                 raise _too_large(limit)
             return out
         if enc == "zstd":
-            out = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-            if len(out) > limit:
+            # Read at most limit + 1 bytes: one-shot decompression would inflate
+            # an 8 KB zstd bomb to 256 MiB before the size check.
+            parts: list[bytes] = []
+            size = 0
+            with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+                while size <= limit:
+                    part = reader.read(min(1 << 20, limit + 1 - size))
+                    if not part:
+                        break
+                    parts.append(part)
+                    size += len(part)
+            if size > limit:
                 raise _too_large(limit)
-            return out
+            return b"".join(parts)
         if enc == "br":
             try:
                 import brotli  # type: ignore[import-not-found]

@@ -4,6 +4,7 @@ handed to addons (ledger, later budgets and stats) at open and close."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,13 +14,17 @@ from switchman_daemon.protocol.ir import Usage
 from switchman_daemon.routing.router import Decision
 from switchman_daemon.routing.signals import Signals
 
+_ids = random.Random(os.urandom(16))
+
 
 @dataclass(slots=True)
 class Flow:
     client_format: str
     signals: Signals
-    # not a secret, just unique: getrandbits avoids uuid4's os.urandom syscall
-    id: str = field(default_factory=lambda: f"{random.getrandbits(128):032x}")
+    # not a secret, just unique: a private generator seeded once from the OS
+    # (uuid4's os.urandom per request is a syscall; the global random can be
+    # re-seeded by other code, which would repeat ids)
+    id: str = field(default_factory=lambda: f"{_ids.getrandbits(128):032x}")
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     decision: Decision | None = None

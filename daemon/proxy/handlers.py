@@ -12,6 +12,7 @@ from aiohttp import web
 
 from switchman_daemon import __version__
 from switchman_daemon.errors import ApiError, ErrorKind, WireFormat
+from switchman_daemon.logs import log_access, new_request_id, request_id
 from switchman_daemon.models import UnknownModel
 from switchman_daemon.proxy.bodies import read_json
 from switchman_daemon.proxy.flow import Flow
@@ -55,9 +56,25 @@ def _check_shape(fmt: WireFormat, body: dict[str, Any]) -> None:
         raise ApiError(ErrorKind.invalid_request, "stream: must be a boolean", param="stream")
 
 
+def refuse(ctx: DaemonContext, fmt: str, err: ApiError, rid: str, t0: float,
+           requested: str | None = None, kind: str | None = None) -> web.Response:
+    """A request refused before it became a flow: counted, access-logged and
+    answered with a request id, like every other request."""
+    kind = kind or err.kind.value
+    ctx.metrics.rejected(fmt, err.status, kind)
+    log_access(rid, fmt, requested, None, err.status, (time.perf_counter() - t0) * 1000.0,
+               outcome=kind)
+    return error_response(fmt, err, rid)
+
+
 def proxy_handler(fmt: WireFormat) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CTX]
+        t0 = time.perf_counter()
+        # each request runs in its own task: the contextvar is this request's alone
+        rid = new_request_id()
+        request_id.set(rid)
+        body: dict[str, Any] = {}
         try:
             body, raw = await read_json(request, ctx.body_limit)
             _check_shape(fmt, body)
@@ -66,16 +83,21 @@ def proxy_handler(fmt: WireFormat) -> Any:
             ctx.gate.precheck(team_key_id, signals)
             decision = ctx.router.choose(signals, body)
         except ApiError as e:
-            return error_response(fmt, e)
+            return refuse(ctx, fmt, e, rid, t0, _requested(body))
         except UnknownModel as e:
-            return error_response(fmt, ApiError(
+            return refuse(ctx, fmt, ApiError(
                 ErrorKind.not_found,
                 f"model {e.args[0]!r} is not in any pool and matches no alias; "
                 "GET /v1/models lists what this daemon serves",
-                param="model"))
+                param="model"), rid, t0, _requested(body))
         except NoCandidate as e:
-            return error_response(fmt, ApiError(ErrorKind.invalid_request, str(e), param="model"))
-        flow = Flow(client_format=fmt, signals=signals, decision=decision)
+            return refuse(ctx, fmt, ApiError(ErrorKind.invalid_request, str(e), param="model"),
+                          rid, t0, _requested(body))
+        except RecursionError:  # JSON nested past what the signal readers walk
+            return refuse(ctx, fmt, ApiError(ErrorKind.invalid_request,
+                                             "request body is nested too deeply"),
+                          rid, t0, _requested(body))
+        flow = Flow(client_format=fmt, signals=signals, decision=decision, id=rid)
         flow.notes["body"] = body  # for the routing observer's prefix chain
         flow.notes["team_key_id"] = team_key_id
         if fmt == "chat":
@@ -107,6 +129,11 @@ def proxy_handler(fmt: WireFormat) -> Any:
             ctx.close_flow(flow)
 
     return handle
+
+
+def _requested(body: dict[str, Any]) -> str | None:
+    m = body.get("model") if isinstance(body, dict) else None
+    return m if isinstance(m, str) else None
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
@@ -214,6 +241,9 @@ def _guess_format(request: web.Request) -> WireFormat:
     if "messages" in request.path or _wants_anthropic(request):
         return "anthropic"
     return "responses" if "responses" in request.path else "chat"
+
+
+guess_format = _guess_format  # public: the browser guard answers in the same format
 
 
 @web.middleware

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -26,7 +27,13 @@ from switchman_daemon.errors import ApiError, ErrorKind, kind_for_status, render
 from switchman_daemon.models import ModelInfo
 from switchman_daemon.pricing import cost_usd
 from switchman_daemon.protocol import codec
-from switchman_daemon.protocol.ir import ChatRequest, MessageEnd, StreamError, Usage
+from switchman_daemon.protocol.ir import (
+    ChatRequest,
+    MessageEnd,
+    MessageStart,
+    StreamError,
+    Usage,
+)
 from switchman_daemon.protocol.sse import SSEParser, encode_event
 from switchman_daemon.providers.upstream import Upstream
 from switchman_daemon.proxy.flow import Flow
@@ -75,6 +82,22 @@ def _upstream_error(status: int, data: bytes, up_fmt: str) -> ApiError:
     if not message:
         message = f"upstream returned HTTP {status}"
     return ApiError(kind_for_status(status), f"upstream: {message}", status=status)
+
+
+def _is_json_error(data: bytes) -> bool:
+    """Is an upstream error body a JSON error object (safe to pass through as
+    is)? A proxy's HTML 502 page is not; the client gets our own error then."""
+    try:
+        j = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(j, dict) and "error" in j
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
@@ -168,7 +191,13 @@ class Relay:
             formats = up.formats()
             up_fmt = flow.client_format if flow.client_format in formats else formats[0]
             flow.notes["upstream_kind"] = up.kind
-            data = self._body_for(flow, body, raw, model, up_fmt, ir_cache)
+            try:
+                data = self._body_for(flow, body, raw, model, up_fmt, ir_cache)
+            except orjson.JSONEncodeError as e:
+                # orjson reads 1024 nesting levels but writes only 255: a body it
+                # parsed may not re-encode. The client's fault, not a 500.
+                raise ApiError(ErrorKind.invalid_request,
+                               f"request body cannot be re-encoded: {e}") from None
             headers = up.headers(up_fmt, request.headers if up_fmt == flow.client_format
                                  or up_fmt == "anthropic" else None)
             if i > 0:
@@ -238,15 +267,16 @@ class Relay:
                     err_body = b""
                 err = _upstream_error(uresp.status, err_body, up_fmt)
                 err.retry_after = _retry_after(uresp)
+                passable = _is_json_error(err_body)
                 if uresp.status in RETRYABLE:
-                    raise _Failure(err, err_body, up_fmt)
+                    raise _Failure(err, err_body if passable else None, up_fmt)
                 # A client error from the provider: no retry; report it as is.
                 flow.status = "error"
                 flow.http_status = uresp.status
                 flow.error = err.message
                 flow.served_model, flow.provider, flow.upstream_format = (
                     model.name, up.name, up_fmt)
-                if up_fmt == flow.client_format:
+                if up_fmt == flow.client_format and passable:
                     return web.Response(status=uresp.status, body=err_body,
                                         content_type="application/json",
                                         headers={"x-request-id": flow.id})
@@ -309,6 +339,27 @@ class Relay:
         model: ModelInfo,
     ) -> web.StreamResponse:
         fmt = flow.client_format
+        # Nothing is committed to the client until the upstream's first body
+        # bytes arrive: a 200 that is not SSE, or that stalls or breaks before
+        # its first event, is still retried and fallen back from.
+        ctype = uresp.headers.get("content-type", "")
+        if ctype and not ctype.lower().startswith("text/event-stream"):
+            raise _Failure(ApiError(
+                ErrorKind.upstream_unavailable,
+                f"upstream {flow.provider} answered a stream with {ctype.split(';')[0]!r}"))
+        rest = uresp.content.iter_any().__aiter__()
+        try:
+            first = await rest.__anext__()
+        except StopAsyncIteration:
+            raise _Failure(ApiError(ErrorKind.upstream_unavailable,
+                                    "upstream sent an empty stream")) from None
+        except TimeoutError:
+            raise _Failure(ApiError(ErrorKind.timeout,
+                                    "upstream timed out before its first event")) from None
+        except aiohttp.ClientError as e:
+            raise _Failure(ApiError(ErrorKind.upstream_unavailable,
+                                    f"upstream connection lost: {type(e).__name__}")) from None
+        chunks = _chain(first, rest)
         resp = web.StreamResponse(
             status=200,
             headers={
@@ -323,9 +374,9 @@ class Relay:
         parser = SSEParser()
         try:
             if up_fmt == fmt:
-                await self._pipe_same(flow, uresp, resp, parser, model)
+                await self._pipe_same(flow, chunks, resp, parser, model)
             else:
-                await self._pipe_translated(flow, uresp, resp, parser, up_fmt, model)
+                await self._pipe_translated(flow, chunks, resp, parser, up_fmt, model)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             flow.status = "cancelled"
             flow.error = "client disconnected"
@@ -349,15 +400,37 @@ class Relay:
     async def _pipe_same(
         self,
         flow: Flow,
-        uresp: aiohttp.ClientResponse,
+        chunks: AsyncIterator[bytes],
         resp: web.StreamResponse,
         parser: SSEParser,
         model: ModelInfo,
     ) -> None:
         c = codec(flow.client_format)
         tap = c.UsageTap()
+        try:
+            await self._pipe_same_events(flow, chunks, resp, parser, tap)
+        finally:
+            # usage that arrived counts even when the stream broke (partial spend)
+            if tap.usage is not None:
+                self._account(flow, tap.usage, model)
+        if tap.error:
+            flow.status = "error"
+            flow.error = str(getattr(tap.error, "message", tap.error))
+        elif not tap.done:
+            flow.status, flow.error = "error", "upstream stream ended before completion"
+            # the client must not mistake a cut stream for a finished one
+            await resp.write(self._stream_error_bytes(flow.client_format, model, flow.error))
+
+    async def _pipe_same_events(
+        self,
+        flow: Flow,
+        chunks: AsyncIterator[bytes],
+        resp: web.StreamResponse,
+        parser: SSEParser,
+        tap: Any,
+    ) -> None:
         drop_usage = bool(flow.notes.get("drop_usage_chunk"))
-        async for chunk in uresp.content.iter_any():
+        async for chunk in chunks:
             events = parser.feed(chunk)
             if drop_usage:
                 out = bytearray()
@@ -378,13 +451,6 @@ class Relay:
                     tap.feed(ev, d)
         for ev, d in parser.flush():
             tap.feed(ev, d)
-        if tap.usage is not None:
-            self._account(flow, tap.usage, model)
-        if tap.error:
-            flow.status = "error"
-            flow.error = str(getattr(tap.error, "message", tap.error))
-        elif not tap.done:
-            flow.status, flow.error = "error", "upstream stream ended before completion"
 
     def _encoder(
         self, fmt: str, model: ModelInfo, include_usage: bool,
@@ -399,7 +465,7 @@ class Relay:
     async def _pipe_translated(
         self,
         flow: Flow,
-        uresp: aiohttp.ClientResponse,
+        chunks: AsyncIterator[bytes],
         resp: web.StreamResponse,
         parser: SSEParser,
         up_fmt: str,
@@ -414,13 +480,16 @@ class Relay:
         enc = self._encoder(flow.client_format, model, include_usage,
                             flow.notes.get("custom_tools", frozenset()))
         usage: Usage | None = None
+        partial: Usage | None = None  # input side from the start event
         ended = False
 
         def handle(events: list[Any]) -> bytes:
-            nonlocal usage, ended
+            nonlocal usage, partial, ended
             out = bytearray()
             for ev in events:
-                if isinstance(ev, MessageEnd):
+                if isinstance(ev, MessageStart):
+                    partial = ev.usage
+                elif isinstance(ev, MessageEnd):
                     usage = ev.usage
                     ended = True
                 elif isinstance(ev, StreamError):
@@ -429,23 +498,27 @@ class Relay:
                 out += enc.encode(ev)
             return bytes(out)
 
-        async for chunk in uresp.content.iter_any():
+        try:
+            async for chunk in chunks:
+                out = bytearray()
+                for ev, d in parser.feed(chunk):
+                    out += handle(dec.feed(ev, d))
+                if out:
+                    flow.mark_first_byte()
+                    await resp.write(bytes(out))
             out = bytearray()
-            for ev, d in parser.feed(chunk):
+            for ev, d in parser.flush():
                 out += handle(dec.feed(ev, d))
+            out += handle(dec.finish())
+            out += enc.finish()
             if out:
                 flow.mark_first_byte()
                 await resp.write(bytes(out))
-        out = bytearray()
-        for ev, d in parser.flush():
-            out += handle(dec.feed(ev, d))
-        out += handle(dec.finish())
-        out += enc.finish()
-        if out:
-            flow.mark_first_byte()
-            await resp.write(bytes(out))
-        if usage is not None:
-            self._account(flow, usage, model)
+        finally:
+            # a broken stream still bills what the provider reported so far
+            got = usage if usage is not None else partial
+            if got is not None:
+                self._account(flow, got, model)
         if not ended and flow.status == "ok":
             flow.status, flow.error = "error", "upstream stream ended before completion"
 

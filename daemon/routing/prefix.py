@@ -29,6 +29,9 @@ def _text_sig(text: str) -> tuple[int, str, str]:
     return len(text), text[:_EDGE], text[-_EDGE:]
 
 
+_RESULT_NESTED = ("tool_result", "function_call_output", "custom_tool_call_output")
+
+
 def _block_sig(block: Any) -> tuple[tuple[Any, ...], int, bool]:
     """(signature, token estimate, is_media) for one content block or string."""
     if isinstance(block, str):
@@ -58,7 +61,12 @@ def _block_sig(block: Any) -> tuple[tuple[Any, ...], int, bool]:
             tok = 0
             media = False
             for sub in c:
-                sig, k, m = _block_sig(sub)
+                # one level only: result blocks are text or images, and a
+                # pathological body must not drive the recursion depth
+                if isinstance(sub, dict) and sub.get("type") in _RESULT_NESTED:
+                    sig, k, m = ("nested", len(sub)), 4, False
+                else:
+                    sig, k, m = _block_sig(sub)
                 total += hash(sig)
                 tok += k
                 media = media or m
@@ -256,6 +264,8 @@ def _plain(content: Any) -> str:
     if isinstance(content, str):
         return content[:4000]
     if isinstance(content, list):
-        return "\n".join(str(b.get("text", "")) if isinstance(b, dict) else str(b)
-                         for b in content)[:4000]
+        # text blocks only: repr() of an arbitrary (maybe absurdly nested) value
+        # would recurse
+        return "\n".join(str(b.get("text", "")) for b in content
+                         if isinstance(b, dict))[:4000]
     return ""

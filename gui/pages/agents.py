@@ -20,9 +20,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from switchman_gui import agent_setup
 from switchman_gui.connection import Connection
 from switchman_gui.widgets import Page
+from switchman_shared import agent_setup
 from switchman_shared.admin_errors import AdminError
 
 DEFAULT_URL = "http://127.0.0.1:8787"
