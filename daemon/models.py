@@ -97,6 +97,12 @@ class ModelRegistry:
         self._exact_alias = {k: v for k, v in config.aliases.items() if not _is_glob(k)}
         self._glob_alias = [(k, v) for k, v in config.aliases.items() if _is_glob(k)]
         self._cache: dict[str, tuple[str, list[str]]] = {}
+        for rule in config.routing.rules:
+            try:
+                self.resolve(rule.route_to)
+            except UnknownModel:
+                raise ValueError(f"routing rule {rule.name or rule.route_to!r}: route_to "
+                                 f"{rule.route_to!r} is not a model, pool or alias") from None
 
     def resolve(self, requested: str) -> tuple[str, list[str]]:
         """(kind, candidates) for a requested name: kind is "model" (served as

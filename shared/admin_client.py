@@ -184,6 +184,14 @@ class AdminClient(_Stubs):
             update_mask=field_mask_pb2.FieldMask(paths=[f"objective.{n}" for n in given]))
         return self.call(self.policy.SetPolicy, req)
 
+    def set_rules(self, rules: list[dict[str, str]]) -> policy_pb2.Policy:
+        """Replace the routing rules (ordered; the first match wins). Each rule:
+        name, match_model, match_client, match_role, route_to."""
+        req = policy_pb2.SetPolicyRequest(
+            policy=policy_pb2.Policy(rules=[policy_pb2.Rule(**r) for r in rules]),
+            update_mask=field_mask_pb2.FieldMask(paths=["rules"]))
+        return self.call(self.policy.SetPolicy, req)
+
     def list_models(self, include_disabled: bool = False) -> list[models_pb2.Model]:
         return list(self.call(self.models.ListModels, models_pb2.ListModelsRequest(
             include_disabled=include_disabled)).models)

@@ -110,6 +110,19 @@ class Objective(BaseModel):
     latency: float = Field(0.2, ge=0, le=1)
 
 
+class RoutingRule(BaseModel):
+    """A deterministic rule applied before the scored choice: the first rule
+    whose (glob) matches all hold sends the request to ``route_to`` — a model
+    (pinned) or a pool (scored within it). Empty matches match anything."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""
+    match_model: str = ""  # glob on the requested model
+    match_client: str = ""  # glob on the user agent
+    match_role: Literal["", "main", "subagent", "utility", "compaction"] = ""
+    route_to: str
+
+
 class RoutingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     objective: Objective = Field(default_factory=Objective)
@@ -119,6 +132,7 @@ class RoutingConfig(BaseModel):
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     # What savings are measured against (default: the default pool's strongest model).
     baseline: str = ""
+    rules: list[RoutingRule] = Field(default_factory=list)
 
 
 class LedgerConfig(BaseModel):

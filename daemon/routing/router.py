@@ -18,6 +18,7 @@ enter as a constraint (soft limit -> cost-heavy objective).
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from switchman_daemon.routing.prefix import Chain, build_chain
 from switchman_daemon.routing.quality_prior import QualityPredictor
 from switchman_daemon.routing.signals import Signals
 from switchman_daemon.routing.tracker import TTL_1H, TTL_5M, CacheTracker
-from switchman_shared.config_schema import Config
+from switchman_shared.config_schema import Config, RoutingRule
 
 
 @dataclass(slots=True)
@@ -52,7 +53,7 @@ class Candidate:
 class Decision:
     model: ModelInfo
     fallbacks: list[ModelInfo]
-    how: str  # "requested" | "alias" | "pool" | "utility" | "compaction" | "sticky"
+    how: str  # requested | alias | rule | pool | utility | compaction | sticky
     reasons: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     session: str | None = None
@@ -125,14 +126,20 @@ class Router:
 
     def choose(self, s: Signals, body: dict[str, Any] | None = None) -> Decision:
         """Pick a model for ``s``; raises UnknownModel / NoCandidate."""
-        kind, names = self.registry.resolve(s.requested_model)
+        rule = self._rule_for(s)
+        target = rule.route_to if rule is not None else s.requested_model
+        kind, names = self.registry.resolve(target)
         models = [self.registry.models[n] for n in names]
         sid = s.cache_session
         if kind == "model":
             chosen = models[0]
-            how = "requested" if chosen.name == s.requested_model else "alias"
-            reason = (f"{s.requested_model} served as {chosen.name}" if how == "alias"
-                      else f"{chosen.name} requested (pinned)")
+            if rule is not None:
+                how = "rule"
+                reason = f"rule {rule.name or rule.route_to!r}: pinned to {chosen.name}"
+            else:
+                how = "requested" if chosen.name == s.requested_model else "alias"
+                reason = (f"{s.requested_model} served as {chosen.name}" if how == "alias"
+                          else f"{chosen.name} requested (pinned)")
             st0 = self.tracker.peek_session(sid)
             return Decision(chosen, self._fallbacks(chosen, s), how, [reason],
                             session=sid, role=s.role,
@@ -165,6 +172,8 @@ class Router:
         else:
             best = max(cands, key=lambda c: c.score)
             how, reason = "pool", self._explain(best, cands, last, s)
+            if rule is not None:
+                reason = f"rule {rule.name or rule.route_to!r}: pool {target}; {reason}"
             if s.extra.get("budget_soft"):
                 reason += "; budget soft limit reached: cost-weighted objective"
         chosen = self.registry.models[best.model]
@@ -174,6 +183,18 @@ class Router:
             sess.last_task = s.task_id
         return Decision(chosen, self._fallbacks(chosen, s), how, [reason], cands, sid, s.role,
                         predicted_cost=best.cost_now, chain=chain, previous_model=last)
+
+    def _rule_for(self, s: Signals) -> RoutingRule | None:
+        """The first configured rule matching this request, if any."""
+        for r in self.config.routing.rules:
+            if r.match_role and r.match_role != s.role:
+                continue
+            if r.match_model and not fnmatch.fnmatchcase(s.requested_model, r.match_model):
+                continue
+            if r.match_client and not fnmatch.fnmatchcase(s.user_agent, r.match_client):
+                continue
+            return r
+        return None
 
     def _fixed(self, m: ModelInfo, s: Signals, how: str, reason: str) -> Decision:
         return Decision(m, self._fallbacks(m, s), how, [reason], session=s.cache_session,

@@ -27,6 +27,8 @@ def policy_msg(cfg: Config) -> pb.Policy:
     return pb.Policy(
         objective=pb.Objective(cost=o.cost, quality=o.quality, latency=o.latency),
         fallbacks={m: pb.ModelList(models=fs) for m, fs in r.fallbacks.items()},
+        rules=[pb.Rule(name=x.name, match_model=x.match_model, match_client=x.match_client,
+                       match_role=x.match_role, route_to=x.route_to) for x in r.rules],
         honour_requested_model=r.honour_requested_model)
 
 
@@ -45,8 +47,10 @@ def policy_delta(policy: pb.Policy, paths: list[str]) -> dict[str, Any]:
         elif path == "honour_requested_model":
             routing["honour_requested_model"] = policy.honour_requested_model
         elif path == "rules":
-            if policy.rules:
-                raise NotImplementedError("routing rules are not supported by this daemon yet")
+            # replaced whole: rules are ordered, the first match wins
+            routing["rules"] = [
+                {"name": x.name, "match_model": x.match_model, "match_client": x.match_client,
+                 "match_role": x.match_role, "route_to": x.route_to} for x in policy.rules]
         else:
             raise ValueError(f"unknown policy field {path!r} in update_mask")
     return {"routing": routing}
