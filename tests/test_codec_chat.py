@@ -811,3 +811,24 @@ def test_wrapped_custom_tool_is_unwrapped() -> None:
     req = ChatRequest(model="m", messages=[Message("assistant", [resp.parts[1]])])
     sent = chat.build_request(req, "m", stream=False)["messages"][0]["tool_calls"][0]
     assert json.loads(sent["function"]["arguments"]) == {"input": patch}
+
+
+def test_sse_feed_marked_keeps_billing_events_across_any_split() -> None:
+    """The pass-through tap parses only marked events; a marker split across
+    chunks must still be seen, and unmarked events are skipped."""
+    stream = (b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+              b'data: {"choices":[{"delta":{"content":"b"}}]}\n\n'
+              b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n'
+              b'data: {"choices":[],"usage":{"prompt_tokens":5}}\n\n'
+              b"data: [DONE]\n\n")
+    markers = (b'"usage":{', b'finish_reason":"', b"[DONE]")
+    for size in (1, 3, 7, 50, len(stream)):
+        p = SSEParser()
+        got = []
+        for i in range(0, len(stream), size):
+            got += p.feed_marked(stream[i:i + size], markers)
+        got += p.flush()
+        datas = [d for _, d in got]
+        assert any(b"finish_reason" in d for d in datas)
+        assert any(b'"usage"' in d for d in datas)
+        assert datas[-1] == b"[DONE]"

@@ -41,6 +41,20 @@ class SSEParser:
         self._buf = buf[start:]
         return events
 
+    def feed_marked(
+        self, chunk: bytes, markers: tuple[bytes, ...]
+    ) -> list[tuple[str | None, bytes]]:
+        """Like ``feed``, but events are only split out when the pending bytes
+        contain one of ``markers``; otherwise just the incomplete tail is kept.
+        A pass-through only needs the few events that carry usage or the end,
+        and most chunks are content deltas."""
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf or any(m in buf for m in markers):
+            return self.feed(chunk)
+        cut = buf.rfind(b"\n\n")
+        self._buf = buf[cut + 2:] if cut >= 0 else buf
+        return []
+
     def flush(self) -> list[tuple[str | None, bytes]]:
         """Events left in the buffer when the stream ended without a blank line."""
         if not self._buf.strip():

@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("switchman.relay")
 
+# Substrings of the events a usage tap reads (usage, stop reasons, the end,
+# errors) in any of the three formats; chunks without them are not parsed.
+_TAP_MARKERS = (b"message_", b'"usage":{', b'"usage": {', b'finish_reason":"',
+                b'finish_reason": "', b"[DONE]", b"error", b"response.completed",
+                b"response.incomplete", b"response.failed")
+
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 _ENDPOINT = {"anthropic": "anthropic", "chat": "chat", "responses": "responses"}
@@ -431,7 +437,8 @@ class Relay:
     ) -> None:
         drop_usage = bool(flow.notes.get("drop_usage_chunk"))
         async for chunk in chunks:
-            events = parser.feed(chunk)
+            # the usage tap only needs the events that bill or end the stream
+            events = parser.feed(chunk) if drop_usage else parser.feed_marked(chunk, _TAP_MARKERS)
             if drop_usage:
                 out = bytearray()
                 for ev, d in events:
