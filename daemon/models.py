@@ -97,7 +97,7 @@ class ModelRegistry:
         self._exact_alias = {k: v for k, v in config.aliases.items() if not _is_glob(k)}
         self._glob_alias = [(k, v) for k, v in config.aliases.items() if _is_glob(k)]
         self._cache: dict[str, tuple[str, list[str]]] = {}
-        for rule in config.routing.rules:
+        for rule in [*config.routing.rules, *config.routing.semantic]:
             try:
                 self.resolve(rule.route_to)
             except UnknownModel:

@@ -123,6 +123,17 @@ class RoutingRule(BaseModel):
     route_to: str
 
 
+class SemanticRoute(BaseModel):
+    """Tasks whose text resembles one of ``examples`` (cosine similarity of
+    hashed word n-grams >= ``threshold``) go to ``route_to``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""
+    examples: list[str] = Field(min_length=1)
+    route_to: str
+    threshold: float = Field(0.5, gt=0, le=1)
+
+
 class RoutingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     objective: Objective = Field(default_factory=Objective)
@@ -133,6 +144,7 @@ class RoutingConfig(BaseModel):
     # What savings are measured against (default: the default pool's strongest model).
     baseline: str = ""
     rules: list[RoutingRule] = Field(default_factory=list)
+    semantic: list[SemanticRoute] = Field(default_factory=list)
 
 
 class LedgerConfig(BaseModel):

@@ -63,3 +63,33 @@ def test_rules_over_the_admin_api_drive_the_proxy(admin_daemon: RunningDaemon,
     with pytest.raises(AdminError):
         client.set_rules([{"route_to": "nowhere"}])
     assert [x.name for x in client.get_policy().rules] == ["cheap-utility", "claude-family"]
+
+
+def test_semantic_routes_match_similar_tasks_only() -> None:
+    cfg = load_config(None, overrides={"routing": {"semantic": [
+        {"name": "small edits", "route_to": "sim-claude-cheap", "threshold": 0.4,
+         "examples": ["fix a typo in the README", "rename this variable",
+                      "update the copyright year"]},
+        {"name": "hard design", "route_to": "sim-claude-strong", "threshold": 0.4,
+         "examples": ["design a lock-free concurrent queue", "refactor the storage engine"]},
+    ]}})
+    r = Router(cfg, ModelRegistry(cfg), quality=QualityPredictor(use_learned=False))
+
+    def pick(text: str) -> tuple[str, str]:
+        s = Signals(client_format="chat", requested_model="default", stream=False,
+                    task_text=text, new_task=True, session_id=text)
+        d = r.choose(s)
+        return d.model.name, d.how
+
+    assert pick("please fix the typo in README.md") == ("sim-claude-cheap", "semantic")
+    assert pick("refactor the storage engine for batching") == ("sim-claude-strong", "semantic")
+    assert pick("write a haiku about autumn leaves")[1] == "pool"  # nothing similar
+
+
+def test_semantic_vectors_are_unit_and_deterministic() -> None:
+    from switchman_daemon.routing.semantic import cosine, vectorise
+
+    a = vectorise("Fix the typo in the README")
+    assert abs(cosine(a, a) - 1.0) < 1e-9
+    assert a == vectorise("fix the typo in the readme")
+    assert vectorise("") == {}

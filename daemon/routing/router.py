@@ -27,6 +27,7 @@ from switchman_daemon.routing.cost import expected_cost
 from switchman_daemon.routing.latency import LatencyModel
 from switchman_daemon.routing.prefix import Chain, build_chain
 from switchman_daemon.routing.quality_prior import QualityPredictor
+from switchman_daemon.routing.semantic import SemanticRouter
 from switchman_daemon.routing.signals import Signals
 from switchman_daemon.routing.tracker import TTL_1H, TTL_5M, CacheTracker
 from switchman_shared.config_schema import Config, RoutingRule
@@ -101,6 +102,7 @@ class Router:
         self.latency = latency if latency is not None else LatencyModel()
         self.quality = quality if quality is not None else QualityPredictor()
         self._fallback_cache: dict[tuple[str, bool, bool, int], list[ModelInfo]] = {}
+        self.semantic = SemanticRouter(config.routing.semantic)
 
     # -- constraints ------------------------------------------------------------
 
@@ -129,6 +131,12 @@ class Router:
         rule = self._rule_for(s)
         target = rule.route_to if rule is not None else s.requested_model
         kind, names = self.registry.resolve(target)
+        sem = None
+        if rule is None and kind == "pool" and s.new_task and s.role in ("main", "subagent"):
+            sem = self.semantic.match(s.task_text)
+            if sem is not None:
+                target = sem.route.route_to
+                kind, names = self.registry.resolve(target)
         models = [self.registry.models[n] for n in names]
         sid = s.cache_session
         if kind == "model":
@@ -136,6 +144,10 @@ class Router:
             if rule is not None:
                 how = "rule"
                 reason = f"rule {rule.name or rule.route_to!r}: pinned to {chosen.name}"
+            elif sem is not None:
+                how = "semantic"
+                reason = (f"semantic route {sem.route.name or sem.route.route_to!r}: task "
+                          f"resembles {sem.example!r} ({sem.score:.2f})")
             else:
                 how = "requested" if chosen.name == s.requested_model else "alias"
                 reason = (f"{s.requested_model} served as {chosen.name}" if how == "alias"
@@ -174,6 +186,9 @@ class Router:
             how, reason = "pool", self._explain(best, cands, last, s)
             if rule is not None:
                 reason = f"rule {rule.name or rule.route_to!r}: pool {target}; {reason}"
+            elif sem is not None:
+                reason = (f"semantic route {sem.route.name or target!r} ({sem.score:.2f}): "
+                          f"pool {target}; {reason}")
             if s.extra.get("budget_soft"):
                 reason += "; budget soft limit reached: cost-weighted objective"
         chosen = self.registry.models[best.model]

@@ -99,7 +99,7 @@ def _validate(body: dict[str, Any], *, need_max_tokens: bool) -> None:
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise BadRequest(f"messages.{i}: Input should be a valid dictionary")
-        if msg.get("role") not in _ROLES:
+        if not isinstance(msg.get("role"), str) or msg["role"] not in _ROLES:
             raise BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         _check_content(msg.get("content"), f"messages.{i}.content", allow_str=True)
     system = body.get("system")

@@ -232,7 +232,7 @@ def _validate_chat(body: dict[str, Any]) -> None:
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise BadRequest(f"Invalid type for 'messages[{i}]': expected an object.")
-        if msg.get("role") not in _CHAT_ROLES:
+        if not isinstance(msg.get("role"), str) or msg["role"] not in _CHAT_ROLES:
             raise BadRequest(
                 f"Invalid value: '{msg.get('role')}'. Supported values are: 'system', "
                 "'assistant', 'user', 'function', 'tool', and 'developer'.",

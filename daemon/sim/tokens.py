@@ -56,7 +56,7 @@ def part_tokens(part: Any) -> int:
     if not isinstance(part, dict):
         return json_tokens(part)
     kind = part.get("type")
-    if kind in _IMAGE_TYPES:
+    if isinstance(kind, str) and kind in _IMAGE_TYPES:
         return IMAGE_TOKENS
     if kind == "document":
         source = part.get("source")
