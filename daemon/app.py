@@ -175,7 +175,8 @@ class Daemon:
             if base is not None:
                 upstreams[name] = Upstream(name, pc, base, make_session(pc, cfg.daemon))
         registry = ModelRegistry(cfg)
-        ledger = Ledger(cfg.ledger.url or paths.ledger_url(self.data_dir))
+        owner = paths.instance_id(self.data_dir)
+        ledger = Ledger(cfg.ledger.url or paths.ledger_url(self.data_dir), owner=owner)
         recovered = ledger.recover_interrupted()
         if recovered:
             log.warning("marked %d request(s) left open by a previous run as interrupted",
@@ -188,7 +189,7 @@ class Daemon:
                 "network could spend your budget. Set [daemon] local_open = false (team "
                 "keys required) or bind to 127.0.0.1.")
         teamkeys = TeamKeys(ledger.engine)
-        budgets = Budgets(ledger.engine)
+        budgets = Budgets(ledger.engine, owner=owner)  # shared (in the DB) unless SQLite
         stats = StatsHub()
         ctx = self.ctx = DaemonContext(cfg, registry, Router(cfg, registry), upstreams, ledger,
                                        gate=Gate(teamkeys, budgets, cfg.daemon.local_open),
@@ -202,7 +203,7 @@ class Daemon:
         self._catalog_version = catalog_version()
         self.jobs = start_jobs(ledger.engine, budgets, rollups=self.rollups, teamkeys=teamkeys,
                                cache_expiry=lambda: ctx.router.tracker.sweep(),
-                               price_refresh=self.refresh_prices)
+                               price_refresh=self.refresh_prices, owner=owner)
 
         def refuse_browser(request: web.Request, err: ApiError) -> web.StreamResponse:
             rid = new_request_id()

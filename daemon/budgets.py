@@ -18,6 +18,14 @@ loaded from the ledger's ``requests`` table when the budget is loaded or created
 and reset to zero when the period rolls over (checked lazily on each call and by
 ``sweep``). A request's cost belongs to the period in which it was reserved, like
 the ledger's ``started_at``: a request straddling midnight counts for the old day.
+
+Shared mode (the default when the ledger is not SQLite, i.e. several daemons may
+share it): the counters that matter live in the database. ``reserve`` locks one
+``budget_counters`` row per applicable budget (``SELECT ... FOR UPDATE``, in a fixed
+order so daemons cannot deadlock), adds every daemon's holds, and books its own
+hold in the same transaction, so two daemons cannot both pass the last dollar;
+``settle`` moves the hold into ``spent``. The in-memory counters become a mirror
+that only feeds ``check`` (a routing hint); ``status`` reads the database.
 """
 
 from __future__ import annotations
@@ -36,11 +44,17 @@ from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from switchman_daemon.ledger.schema import requests
+from switchman_daemon.store_tables import (
+    budget_counters,
+    budget_holds,
+    ensure_admin_tables,
+    insert_ignore,
+    upsert_add,
+)
 from switchman_daemon.store_tables import budgets as budgets_table
-from switchman_daemon.store_tables import ensure_admin_tables
 
 Scope = Literal["global", "team_key", "session"]
 Period = Literal["daily", "weekly", "monthly", "total"]
@@ -194,6 +208,8 @@ class Reservation:
     state: State  # "soft" if any soft limit is reached with this request
     soft_budgets: tuple[str, ...]  # ids of the budgets in their soft zone
     _entries: list[tuple[_Counter, float]] = field(default_factory=list, repr=False)
+    # shared mode: the (budget id, subject, period start) counters holding the estimate
+    _db: list[tuple[str, str, float]] = field(default_factory=list, repr=False)
     settled: bool = False
 
 
@@ -223,10 +239,25 @@ class _Trail:
 class Budgets:
     """Budget definitions (persisted) and their live counters (in memory)."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], float] = time.time,
+        *,
+        shared: bool | None = None,
+        owner: str = "local",
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        # SQLite means one daemon: in-memory counters are exact and cost no I/O.
+        self.shared = engine.dialect.name != "sqlite" if shared is None else shared
+        self.owner = owner
         ensure_admin_tables(engine)
+        if self.shared:
+            # holds this daemon left behind (a crash mid-request) would block budget
+            # forever; nothing of ours is in flight before we start serving
+            with engine.begin() as conn:
+                conn.execute(sa.delete(budget_holds).where(budget_holds.c.owner == owner))
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._live: dict[str, _Live] = {}
@@ -352,6 +383,8 @@ class Budgets:
         (booking nothing) if any hard limit would be crossed."""
         est = max(float(estimate_usd), 0.0)
         now = self.clock()
+        if self.shared:
+            return self._reserve_shared(team_key_id, session_id, est, now)
         with self._lock:
             hits: list[tuple[_Live, _Counter]] = []
             for live in self._live.values():
@@ -385,6 +418,70 @@ class Budgets:
                 _entries=[(c, est) for _, c in hits],
             )
 
+    def _reserve_shared(
+        self, team_key_id: str | None, session_id: str | None, est: float, now: float
+    ) -> Reservation:
+        with self._lock:
+            hits: list[tuple[_Live, str]] = []
+            for live in self._live.values():
+                who = live.budget.subject_for(team_key_id, session_id)
+                if who is not None:
+                    self._roll(live, now)
+                    hits.append((live, who))
+        # one lock order on every daemon, so two reservations cannot deadlock
+        hits.sort(key=lambda h: (h[0].budget.id, h[1]))
+        seen: list[tuple[_Live, str, float, float]] = []
+        if hits:
+            with self.engine.begin() as conn:
+                for live, who in hits:
+                    key = _key(live, who)
+                    spent = self._lock_counter(conn, live, who)
+                    held = float(conn.execute(
+                        sa.select(sa.func.coalesce(sa.func.sum(budget_holds.c.reserved), 0.0))
+                        .where(*_match(budget_holds, key))).scalar_one())
+                    hard = live.budget.hard_usd
+                    if hard is not None and spent + held + est > hard:
+                        c = _Counter(spent)
+                        c.reserved = held
+                        raise _exceeded(live, c, est)  # rolls the transaction back
+                    seen.append((live, who, spent, held))
+                for live, who, _, _ in seen:
+                    upsert_add(conn, budget_holds, {**_key(live, who), "owner": self.owner},
+                               "reserved", est)
+        soft = tuple(
+            lv.budget.id for lv, _, spent, held in seen
+            if lv.budget.soft_usd is not None and spent + held + est >= lv.budget.soft_usd)
+        with self._lock:
+            for live, who, spent, held in seen:  # refresh the mirror check() reads
+                c = live.counters.get(who)
+                if c is None:
+                    c = live.counters[who] = _Counter()
+                c.spent, c.reserved = spent, held + est
+        return Reservation(
+            id=next(self._ids),
+            team_key_id=team_key_id,
+            session_id=session_id,
+            estimate_usd=est,
+            created_at=now,
+            state="soft" if soft else "ok",
+            soft_budgets=soft,
+            _db=[(lv.budget.id, who, lv.start) for lv, who, _, _ in seen],
+        )
+
+    def _lock_counter(self, conn: Connection, live: _Live, who: str) -> float:
+        """Lock this period's counter row (creating it, seeded from the ledger like
+        ``_load``, on first use by any daemon) and return its spent."""
+        key = _key(live, who)
+        stmt = sa.select(budget_counters.c.spent).where(
+            *_match(budget_counters, key)).with_for_update()
+        spent = conn.execute(stmt).scalar_one_or_none()
+        if spent is None:
+            end = live.end if math.isfinite(live.end) else None
+            seed = self._ledger_spent(conn, live.budget, live.start, live.end).get(who, 0.0)
+            insert_ignore(conn, budget_counters, {**key, "period_end": end, "spent": seed})
+            spent = conn.execute(stmt).scalar_one()
+        return float(spent)
+
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Release the reservation and book the real cost (idempotent). Call it for
         every reservation, with 0.0 when the request failed before costing anything."""
@@ -397,6 +494,7 @@ class Budgets:
             r.settled = True
             for c, amt in r._entries:
                 c.reserved = max(c.reserved - amt, 0.0)
+            booked: list[tuple[str, str, float]] = []
             # Book on every budget that covers the request now and whose period holds
             # the request's start (a budget created meanwhile counts it too; a period
             # that has since rolled over is not charged).
@@ -410,6 +508,11 @@ class Budgets:
                     if c is None:
                         c = live.counters[who] = _Counter()
                     c.spent += actual
+                    if self.shared:
+                        key = (live.budget.id, who, live.start)
+                        booked.append(key)
+                        if key in r._db:
+                            c.reserved = max(c.reserved - r.estimate_usd, 0.0)
             if r.session_id is not None and actual > 0:
                 trail = self._trails.get(r.session_id)
                 if trail is None:
@@ -419,6 +522,54 @@ class Budgets:
                 else:
                     self._trails.move_to_end(r.session_id)
                 trail.add(actual)
+        if self.shared and (r._db or booked):
+            self._settle_shared(r, actual, booked)
+
+    def _settle_shared(
+        self, r: Reservation, actual: float, booked: list[tuple[str, str, float]]
+    ) -> None:
+        h, bc = budget_holds, budget_counters
+        left = h.c.reserved - r.estimate_usd
+        with self.engine.begin() as conn:
+            # same lock order as reserve: counters (sorted), then holds
+            if actual > 0:
+                for bid, who, start in sorted(booked):
+                    key = {"budget_id": bid, "subject": who, "period_start": start}
+                    conn.execute(sa.update(bc).where(*_match(bc, key))
+                                 .values(spent=bc.c.spent + actual))
+            for bid, who, start in r._db:
+                key = {"budget_id": bid, "subject": who, "period_start": start}
+                conn.execute(sa.update(h).where(*_match(h, key), h.c.owner == self.owner)
+                             .values(reserved=sa.case((left > 0, left), else_=0.0)))
+
+    def reload(self) -> int:
+        """Pick up budgets another daemon created, changed or removed in the shared
+        database. Returns how many changed here."""
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(sa.select(budgets_table)).mappings())
+        found = {r["id"]: Budget(**{k: r[k] for k in Budget.__slots__})  # type: ignore[attr-defined]
+                 for r in rows}
+        now = self.clock()
+        changed = 0
+        for bid, b in found.items():
+            cur = self._live.get(bid)
+            if cur is not None and cur.budget == b:
+                continue
+            same_cover = cur is not None and (
+                (cur.budget.scope, cur.budget.subject, cur.budget.period, cur.budget.timezone)
+                == (b.scope, b.subject, b.period, b.timezone))
+            live = None if same_cover else self._load(b, now)
+            with self._lock:
+                if live is None and bid in self._live:
+                    self._live[bid].budget = b
+                else:
+                    self._live[bid] = live or self._load(b, now)
+            changed += 1
+        with self._lock:
+            for bid in [k for k in self._live if k not in found]:
+                del self._live[bid]
+                changed += 1
+        return changed
 
     # ---- reporting ------------------------------------------------------------------
 
@@ -427,10 +578,17 @@ class Budgets:
         Templates list their ``max_subjects`` biggest spenders this period."""
         now = self.clock()
         out: list[dict[str, Any]] = []
+        shared = self._shared_counters() if self.shared else None
         with self._lock:
             for live in sorted(self._live.values(), key=lambda lv: lv.budget.created_at):
                 self._roll(live, now)
                 b = live.budget
+                if shared is not None:  # every daemon's spend and holds, not our mirror
+                    counters = {who: c for (bid, who, start), c in shared.items()
+                                if bid == b.id and start == live.start}
+                    if b.scope == "global" and "" not in counters and "" in live.counters:
+                        counters[""] = live.counters[""]  # no request yet this period
+                    live = _Live(b, live.tz, live.start, live.end, counters)
                 if b.scope == "global" or b.subject is not None:
                     key = "" if b.scope == "global" else b.subject
                     items = [(key, live.counters.get(key or "") or _Counter())]
@@ -442,6 +600,21 @@ class Budgets:
                     )[:max_subjects]
                 for who, c in items:
                     out.append(self._row(live, who or None, c))
+        return out
+
+    def _shared_counters(self) -> dict[tuple[str, str, float], _Counter]:
+        bc, h = budget_counters, budget_holds
+        out: dict[tuple[str, str, float], _Counter] = {}
+        with self.engine.connect() as conn:
+            for bid, who, start, spent in conn.execute(
+                    sa.select(bc.c.budget_id, bc.c.subject, bc.c.period_start, bc.c.spent)):
+                out[(bid, who, float(start))] = _Counter(float(spent))
+            for bid, who, start, held in conn.execute(
+                    sa.select(h.c.budget_id, h.c.subject, h.c.period_start,
+                              sa.func.sum(h.c.reserved))
+                    .group_by(h.c.budget_id, h.c.subject, h.c.period_start)):
+                c = out.setdefault((bid, who, float(start)), _Counter())
+                c.reserved = float(held or 0.0)
         return out
 
     def _row(self, live: _Live, who: str | None, c: _Counter) -> dict[str, Any]:
@@ -539,23 +712,35 @@ class Budgets:
         tz = ZoneInfo(b.timezone)
         start, end = period_bounds(b.period, tz, now)
         live = _Live(b, tz, start, end)
+        with self.engine.connect() as conn:
+            for who, spent in self._ledger_spent(conn, b, start, end).items():
+                live.counters[who] = _Counter(spent)
+        return live
+
+    @staticmethod
+    def _ledger_spent(conn: Connection, b: Budget, start: float, end: float) -> dict[str, float]:
+        """Spend per subject recorded in the ledger for [start, end)."""
         c = requests.c
         window = [c.started_at >= start] + ([c.started_at < end] if math.isfinite(end) else [])
-        with self.engine.connect() as conn:
-            if b.scope == "global":
-                spent = conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0)).where(*window)
-                ).scalar_one()
-                live.counters[""] = _Counter(float(spent))
-                return live
-            col = c.team_key_id if b.scope == "team_key" else c.session_id
-            stmt = sa.select(col, sa.func.sum(c.cost_usd)).where(*window).group_by(col)
-            stmt = stmt.where(col == b.subject) if b.subject is not None else stmt.where(
-                col.is_not(None)
-            )
-            for who, spent in conn.execute(stmt):
-                live.counters[who] = _Counter(float(spent or 0.0))
-        return live
+        if b.scope == "global":
+            spent = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0)).where(*window)
+            ).scalar_one()
+            return {"": float(spent)}
+        col = c.team_key_id if b.scope == "team_key" else c.session_id
+        stmt = sa.select(col, sa.func.sum(c.cost_usd)).where(*window).group_by(col)
+        stmt = stmt.where(col == b.subject) if b.subject is not None else stmt.where(
+            col.is_not(None)
+        )
+        return {who: float(spent or 0.0) for who, spent in conn.execute(stmt)}
+
+
+def _key(live: _Live, who: str) -> dict[str, Any]:
+    return {"budget_id": live.budget.id, "subject": who, "period_start": live.start}
+
+
+def _match(table: sa.Table, key: dict[str, Any]) -> list[Any]:
+    return [table.c[k] == v for k, v in key.items()]
 
 
 def _exceeded(live: _Live, c: _Counter, est: float) -> BudgetExceeded:

@@ -50,6 +50,9 @@ DEFAULT_INTERVALS: dict[str, float] = {
     "cache_expiry": 30.0,
     "price_refresh": 24 * 3600.0,
     "retention": 3600.0,  # checks hourly, works once per local day
+    # shared database only: team keys and budgets changed by another daemon (a
+    # revoked key stops working here within this many seconds)
+    "shared_reload": 5.0,
 }
 # How far back each rollup re-runs even if its watermark is newer: requests are
 # bucketed by start but priced at close, so a long stream lands after its bucket.
@@ -83,8 +86,13 @@ class JobRunner:
         intervals: dict[str, float] | None = None,
         clock: Callable[[], float] = time.time,
         key: str | None = None,
+        owner: str = "local",
+        shared: bool | None = None,
     ) -> None:
         ensure_admin_tables(engine)
+        # Several daemons on one (non-SQLite) database: see ``start`` and shared_reload.
+        self.shared = engine.dialect.name != "sqlite" if shared is None else shared
+        self.owner = owner
         self.engine = engine
         self.budgets = budgets
         self.rollups = rollups or Rollups(engine)
@@ -96,7 +104,8 @@ class JobRunner:
         self.hour_rollup_days = hour_rollup_days
         self.intervals = {**DEFAULT_INTERVALS, **(intervals or {})}
         self.clock = clock
-        self.key = key or engine.url.render_as_string(hide_password=True)
+        self.key = key or engine.url.render_as_string(hide_password=True) + (
+            f"#{owner}" if self.shared else "")
         self.scheduler: AsyncIOScheduler | None = None
         self.runs: dict[str, int] = {}  # completed runs per job in this process
 
@@ -111,6 +120,8 @@ class JobRunner:
             "cache_expiry": self.cache_expiry is not None,
             "price_refresh": self.price_refresh is not None,
             "retention": True,
+            "shared_reload": self.shared and (self.teamkeys is not None or
+                                              self.budgets is not None),
         }
         return [n for n, v in on.items() if v]
 
@@ -119,8 +130,13 @@ class JobRunner:
         if self.key in _RUNNERS and _RUNNERS[self.key] is not self:
             raise RuntimeError(f"jobs are already running for {self.key}")
         _RUNNERS[self.key] = self
+        # Each daemon keeps its own schedule: in a shared store one daemon's scheduler
+        # would run (and advance) the others' per-process jobs (cache expiry, reload).
+        table = "apscheduler_jobs"
+        if self.shared:
+            table += "_" + "".join(ch if ch.isalnum() else "_" for ch in self.owner)[:40]
         sched = AsyncIOScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.engine)},
+            jobstores={"default": SQLAlchemyJobStore(engine=self.engine, tablename=table)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone="UTC",
         )
@@ -175,6 +191,8 @@ class JobRunner:
                 result = await _call(self.price_refresh, in_thread=True)
             elif name == "retention":
                 result = await asyncio.to_thread(self.retention)
+            elif name == "shared_reload":
+                result = await asyncio.to_thread(self.shared_reload)
             else:
                 raise ValueError(f"unknown job {name!r}")
         except Exception:
@@ -182,6 +200,12 @@ class JobRunner:
             return None
         self.runs[name] = self.runs.get(name, 0) + 1
         return result
+
+    def shared_reload(self) -> int:
+        """Re-read team keys and budget definitions other daemons may have changed."""
+        if self.teamkeys is not None:
+            self.teamkeys.reload()
+        return self.budgets.reload() if self.budgets is not None else 0
 
     def rollup_recent(self) -> int:
         return self._rollup("minute") + self._rollup("hour")
@@ -253,6 +277,7 @@ def start_jobs(
     retention_days: float | None = None,
     intervals: dict[str, float] | None = None,
     clock: Callable[[], float] = time.time,
+    owner: str = "local",
 ) -> JobRunner:
     """Create and start the job runner; call from inside the daemon's event loop."""
     runner = JobRunner(
@@ -265,6 +290,7 @@ def start_jobs(
         retention_days=retention_days,
         intervals=intervals,
         clock=clock,
+        owner=owner,
     )
     runner.start()
     return runner

@@ -5,6 +5,7 @@ macOS, %LOCALAPPDATA% on Windows), overridable with ``--data-dir`` or
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import platformdirs
@@ -30,3 +31,21 @@ def config_file() -> Path:
 
 def ledger_url(data: Path) -> str:
     return f"sqlite:///{(data / 'ledger.db').resolve()}"
+
+
+def instance_id(data: Path) -> str:
+    """This daemon's stable id (``instance-id`` in the data dir, made on first use).
+
+    Stable across restarts so a daemon recovers (and releases budget holds of) the
+    requests its previous run left open on a shared ledger, and only those.
+    """
+    path = data / "instance-id"
+    try:
+        found = path.read_text().strip()
+        if found:
+            return found
+    except FileNotFoundError:
+        pass
+    new = "d" + secrets.token_hex(6)
+    path.write_text(new + "\n")
+    return new

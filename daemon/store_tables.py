@@ -8,9 +8,10 @@ construction. Times are UTC epoch seconds (floats), as in the ledger.
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 admin_metadata = sa.MetaData()
 
@@ -72,6 +73,30 @@ job_runs = sa.Table(
     sa.Column("runs", sa.BigInteger, nullable=False, default=0, server_default="0"),
 )
 
+# Budgets shared by several daemons (a non-SQLite ledger): one row per budget,
+# subject ("" for global) and period holds the booked spend and is the row
+# reserve() locks; each daemon's in-flight estimates sit in its own hold row, so a
+# daemon restarting after a crash can drop exactly the holds it leaked.
+budget_counters = sa.Table(
+    "budget_counters",
+    admin_metadata,
+    sa.Column("budget_id", sa.String, primary_key=True),
+    sa.Column("subject", sa.String, primary_key=True),
+    sa.Column("period_start", sa.Double, primary_key=True),
+    sa.Column("period_end", sa.Double),  # NULL = a "total" budget's endless period
+    sa.Column("spent", sa.Double, nullable=False, default=0.0, server_default="0"),
+)
+
+budget_holds = sa.Table(
+    "budget_holds",
+    admin_metadata,
+    sa.Column("budget_id", sa.String, primary_key=True),
+    sa.Column("subject", sa.String, primary_key=True),
+    sa.Column("period_start", sa.Double, primary_key=True),
+    sa.Column("owner", sa.String, primary_key=True),
+    sa.Column("reserved", sa.Double, nullable=False, default=0.0, server_default="0"),
+)
+
 admin_kv = sa.Table(
     "admin_kv",
     admin_metadata,
@@ -102,6 +127,51 @@ def get_or_create_secret(engine: Engine, key: str, nbytes: int = 32) -> bytes:
             return bytes.fromhex(conn.execute(select).scalar_one())
 
 
+def _dialect_insert(conn: Connection, table: sa.Table) -> Any:
+    name = conn.dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    return None
+
+
+def insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) -> None:
+    """INSERT unless a row with the same primary key exists (another daemon may be
+    inserting it at the same moment: ON CONFLICT makes that race harmless)."""
+    ins = _dialect_insert(conn, table)
+    if ins is not None:
+        conn.execute(ins.values(values).on_conflict_do_nothing())
+        return
+    try:  # other dialects: a savepoint keeps the outer transaction usable
+        with conn.begin_nested():
+            conn.execute(sa.insert(table).values(values))
+    except sa.exc.IntegrityError:
+        pass
+
+
+def upsert_add(
+    conn: Connection, table: sa.Table, values: dict[str, Any], column: str, amount: float
+) -> None:
+    """Insert ``values`` (with ``column`` = ``amount``) or add ``amount`` to the
+    existing row's ``column``, atomically."""
+    col = table.c[column]
+    ins = _dialect_insert(conn, table)
+    if ins is not None:
+        stmt = ins.values({**values, column: amount})
+        keys = [c.name for c in table.primary_key.columns]
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=keys, set_={column: col + stmt.excluded[column]}))
+        return
+    where = [table.c[k] == v for k, v in values.items()]
+    if not conn.execute(sa.update(table).where(*where).values({column: col + amount})).rowcount:
+        conn.execute(sa.insert(table).values({**values, column: amount}))
+
+
 def read_watermark(engine: Engine, job: str) -> float | None:
     with engine.connect() as conn:
         return conn.execute(
@@ -128,12 +198,16 @@ def write_watermark(engine: Engine, job: str, period_end: float, now: float) -> 
 __all__ = [
     "admin_kv",
     "admin_metadata",
+    "budget_counters",
+    "budget_holds",
     "budgets",
     "ensure_admin_tables",
     "get_or_create_secret",
+    "insert_ignore",
     "job_runs",
     "read_watermark",
     "rollups",
     "team_keys",
+    "upsert_add",
     "write_watermark",
 ]

@@ -21,7 +21,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from switchman_daemon.ledger import Ledger, RequestClose, RequestOpen
 from switchman_daemon.ledger.export import EXPORT_COLUMNS, export, parse_since
-from switchman_daemon.ledger.schema import SchemaVersionError, meta, requests
+from switchman_daemon.ledger.schema import SCHEMA_VERSION, SchemaVersionError, meta, requests
 from switchman_daemon.ledger.store import _UPDATE_CLOSE
 
 
@@ -127,6 +127,7 @@ def test_round_trip_all_fields(ledger: Ledger, db_path: Path) -> None:
         "attempts": 3,
         "error": "upstream overloaded",
         "decision": row["decision"],
+        "owner": "local",  # Ledger's default daemon-instance id
     }
     assert json.loads(row["decision"]) == {"reasons": ["warm cache", "cheaper"], "score": 0.5}
 
@@ -241,8 +242,8 @@ def test_wal_mode_and_pragmas(ledger: Ledger, db_path: Path) -> None:
 def test_schema_version_recorded_and_checked(db_path: Path) -> None:
     led = Ledger(_url(db_path))
     with led.engine.begin() as conn:
-        assert conn.execute(sa.select(meta.c.value)).scalar_one() == "1"
-        conn.execute(sa.update(meta).values(value="2"))
+        assert conn.execute(sa.select(meta.c.value)).scalar_one() == str(SCHEMA_VERSION)
+        conn.execute(sa.update(meta).values(value=str(SCHEMA_VERSION + 1)))
     led.stop()
     with pytest.raises(SchemaVersionError, match="newer"):
         Ledger(_url(db_path))

@@ -1,5 +1,6 @@
-"""Upgrades keep data: a ledger written by an older release (schema v1) is
-migrated forward when the new daemon starts, exactly once, rows intact."""
+"""Upgrades keep data: a ledger written by an older release (the current schema,
+standing in for the one before a future release) is migrated forward when the new
+daemon starts, exactly once, rows intact."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def test_ledger_migrates_forward_once_on_start(tmp_path: Path, monkeypatch: pyte
     data.mkdir()
     url = paths.ledger_url(data)
     old = schema.make_engine(url)  # what the v1 release left behind
-    assert schema.ensure_schema(old) == 1
+    current = schema.SCHEMA_VERSION
+    assert schema.ensure_schema(old) == current
     with old.begin() as conn:
         conn.execute(sa.insert(schema.requests).values(
             id="r-v1", started_at=1.0, ended_at=2.0, client="old", client_format="anthropic",
@@ -30,12 +32,12 @@ def test_ledger_migrates_forward_once_on_start(tmp_path: Path, monkeypatch: pyte
 
     ran: list[int] = []
 
-    def to_v2(conn: Connection) -> None:
+    def to_next(conn: Connection) -> None:
         ran.append(1)
         conn.execute(sa.text("ALTER TABLE requests ADD COLUMN v2_note TEXT"))
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema.MIGRATIONS, 1, to_v2)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(schema.MIGRATIONS, current, to_next)
 
     for _ in range(2):  # the upgrade's first start migrates; the next one does not
         d = RunningDaemon(tmp_path)
@@ -48,8 +50,9 @@ def test_ledger_migrates_forward_once_on_start(tmp_path: Path, monkeypatch: pyte
     eng = sa.create_engine(url)
     try:
         with eng.connect() as conn:
-            assert conn.execute(sa.text(
-                "SELECT value FROM meta WHERE key='schema_version'")).scalar_one() == "2"
+            stored = conn.execute(sa.text(
+                "SELECT value FROM meta WHERE key='schema_version'")).scalar_one()
+            assert stored == str(current + 1)
             row = conn.execute(sa.text(
                 "SELECT client, status, v2_note FROM requests WHERE id='r-v1'")).one()
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -50,6 +50,9 @@ requests = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=1, server_default="1"),
     sa.Column("error", sa.Text),
     sa.Column("decision", sa.Text),
+    # v2: the daemon instance that opened the row, so with several daemons on one
+    # database each recovers only its own interrupted requests. NULL = before v2.
+    sa.Column("owner", sa.String, index=True),
 )
 
 meta = sa.Table(
@@ -62,9 +65,20 @@ meta = sa.Table(
 # Column order used by reads and exports; fixed by the table definition.
 REQUEST_COLUMNS: tuple[str, ...] = tuple(c.name for c in requests.columns)
 
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Add ``requests.owner`` (and its index) to a version-1 table."""
+    conn.execute(sa.text("ALTER TABLE requests ADD COLUMN owner VARCHAR"))
+    # plain SQL: an sa.Index on requests.c.owner would attach a second copy of the
+    # index to the table object and break later create_all() calls
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_requests_owner ON requests (owner)"))
+
+
 # from_version -> step that upgrades a connection's schema to from_version + 1.
-# Empty while there is only version 1; a future migration registers itself here.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+# Steps run in ensure_schema's transaction (PostgreSQL and SQLite both have
+# transactional DDL), so a failed step leaves the old version intact.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
 
 
 class SchemaVersionError(RuntimeError):

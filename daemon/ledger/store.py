@@ -54,6 +54,8 @@ _UPDATE_CLOSE = (
     )
 )
 
+DEFAULT_OWNER = "local"
+
 # Column defaults for the raw INSERT below (which must supply every column).
 _DEFAULTS: dict[str, Any] = {
     c.name: (c.default.arg if c.default is not None and c.default.is_scalar else None)
@@ -107,8 +109,13 @@ class Ledger:
         *,
         batch_interval: float = 0.05,
         max_batch: int = 500,
+        owner: str = DEFAULT_OWNER,
     ) -> None:
         self.url = url
+        # The daemon instance writing (stamped on every row it opens): several daemons
+        # sharing one PostgreSQL ledger each recover only their own rows.
+        self.owner = owner
+        self._defaults = {**_DEFAULTS, "owner": owner}
         self.engine = make_engine(url)
         ensure_schema(self.engine)
         self.batch_interval = batch_interval
@@ -194,15 +201,20 @@ class Ledger:
         "interrupted", ending now. Returns how many rows changed.
 
         Only rows started before ``before`` (default: when this Ledger was created)
-        are touched, so requests this process is serving stay open.
+        are touched, so requests this process is serving stay open; and only rows of
+        this ledger's ``owner`` (or from before schema v2, which had no owner) on a
+        shared (non-SQLite) database, so another daemon's live requests stay open.
         """
         cutoff = self.created_at if before is None else before
         now = time.time()
+        c = requests.c
+        where = [c.status == "open", c.started_at < cutoff]
+        if self.engine.dialect.name != "sqlite":
+            # a SQLite file has one daemon: there, a lost instance-id must not strand rows
+            where.append(sa.or_(c.owner == self.owner, c.owner.is_(None)))
         with self.engine.begin() as conn:
             result = conn.execute(
-                sa.update(requests)
-                .where(requests.c.status == "open", requests.c.started_at < cutoff)
-                .values(status="interrupted", ended_at=now)
+                sa.update(requests).where(*where).values(status="interrupted", ended_at=now)
             )
         count = result.rowcount or 0
         if count:
@@ -387,11 +399,11 @@ class Ledger:
             merged_ids = []
         if opens:
             if self._insert_sql:
-                d = _DEFAULTS
+                d = self._defaults
                 conn.exec_driver_sql(self._insert_sql, [
                     tuple(p.get(k, d[k]) for k in REQUEST_COLUMNS) for p in opens])
             else:
-                conn.execute(sa.insert(requests), opens)
+                conn.execute(sa.insert(requests), [{**p, "owner": self.owner} for p in opens])
         if closes:
             opened_here = {p["id"] for p in opens}
             unknown = [
@@ -410,7 +422,7 @@ class Ledger:
                 stubs = {}
                 for p in closes:
                     if p["b_id"] in unknown and p["b_id"] not in present:
-                        stubs[p["b_id"]] = _stub_params(p)
+                        stubs[p["b_id"]] = {**_stub_params(p), "owner": self.owner}
                 if stubs:
                     log.warning("ledger: %d close(s) without an open; inserting rows", len(stubs))
                     conn.execute(sa.insert(requests), list(stubs.values()))
@@ -447,7 +459,7 @@ class Ledger:
             cur = conn.cursor()
             if opens:
                 cur.executemany(self._insert_sql, [
-                    _row_tuple(o, merged.get(o.id)) for o in opens.values()])
+                    _row_tuple(o, merged.get(o.id), self._defaults) for o in opens.values()])
             if updates:
                 cur.executemany(_UPDATE_SQL, [_update_tuple(c) for c in updates])
             conn.commit()
@@ -492,12 +504,14 @@ _UPDATE_SQL = "UPDATE requests SET " + ", ".join(
 ) + " WHERE id = ?"
 
 
-def _row_tuple(o: RequestOpen, c: RequestClose | None) -> tuple[Any, ...]:
+def _row_tuple(
+    o: RequestOpen, c: RequestClose | None, defaults: dict[str, Any]
+) -> tuple[Any, ...]:
     """One INSERT row: the open's fields, overlaid by its close if it came in the
     same batch (None keeps the open's value for the keep-if-None columns)."""
     out = []
     for col in REQUEST_COLUMNS:
-        v: Any = _DEFAULTS[col]
+        v: Any = defaults[col]
         if col in _OPEN_SET:
             v = getattr(o, col)
         if c is not None and col in _CLOSE_SET:
@@ -537,4 +551,4 @@ def _stub_params(close: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["REQUEST_COLUMNS", "Ledger"]
+__all__ = ["DEFAULT_OWNER", "REQUEST_COLUMNS", "Ledger"]

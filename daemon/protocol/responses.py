@@ -323,7 +323,8 @@ def parse_request(body: dict) -> ChatRequest:
         typ = item.get("type", "message")
         if typ == "message":
             role = item.get("role")
-            if role not in _ROLES:
+            # isinstance first: a list or dict role is unhashable (fuzz-found TypeError)
+            if not isinstance(role, str) or role not in _ROLES:
                 raise _err(f"Invalid value for '{p}.role': {role!r}.", f"{p}.role")
             parts = _parse_content(item.get("content"), f"{p}.content")
             if role in _SYSTEM_ROLES:
