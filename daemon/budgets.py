@@ -269,6 +269,11 @@ class Budgets:
             b = Budget(**{k: r[k] for k in Budget.__slots__})  # type: ignore[attr-defined]
             self._live[b.id] = self._load(b, now)
 
+    @property
+    def configured(self) -> bool:
+        """Whether any budget exists (the proxy skips budget work otherwise)."""
+        return bool(self._live)
+
     # ---- definitions ------------------------------------------------------------
 
     def set(

@@ -12,9 +12,13 @@ _IMAGE_TOKENS = 1600  # a ~1 MP image, per Anthropic's sizing guidance
 _PER_MESSAGE = 4
 
 
+def chars_to_tokens(n_chars: int) -> int:
+    """~3.6 characters per token for English prose and code."""
+    return (n_chars * 10 + 35) // 36
+
+
 def _text_tokens(text: str) -> int:
-    # ~3.6 characters per token for English prose and code
-    return (len(text) * 10 + 35) // 36
+    return chars_to_tokens(len(text))
 
 
 def _content_tokens(content: Any) -> int:

@@ -315,3 +315,15 @@ def test_incremental_chain_equals_full_build_and_catches_rewrites() -> None:
     assert c.links == build_chain("anthropic", compacted).links
     header_only = {**body, "messages": []}
     assert c.common_tokens(full) == build_chain("anthropic", header_only).total_tokens
+
+
+def test_peek_model_leaves_session_state_alone() -> None:
+    router, _ = make_router()
+    body, h = aider_turn(stream=False)
+    body["model"] = "default"
+    s = sig("chat", body, h)
+    m = router.peek_model(s)
+    assert m.name in router.registry.pools["default"]
+    assert router.tracker.peek_session(s.cache_session) is None  # count_tokens is no turn
+    chosen = router.choose(s, body).model.name
+    assert router.peek_model(s).name == chosen  # follows the session once it has one

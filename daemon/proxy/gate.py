@@ -54,7 +54,7 @@ class Gate:
 
     def precheck(self, team_key_id: str | None, s: Signals) -> None:
         """Soft limit: routing downgrades. Hard limit already reached: reject now."""
-        if not self.budgets._live:  # no budgets configured: nothing to check
+        if not self.budgets.configured:
             return
         chk = self.budgets.check(team_key_id, s.session_id)
         if chk.state == "soft":
@@ -63,7 +63,7 @@ class Gate:
             s.extra["budget_soft"] = True  # reserve() below gives the precise reason
 
     def reserve(self, flow: Flow, team_key_id: str | None, body: dict[str, Any]) -> None:
-        if not self.budgets._live:
+        if not self.budgets.configured:
             return
         d = flow.decision
         assert d is not None

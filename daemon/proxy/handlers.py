@@ -147,15 +147,14 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
             raise ApiError(ErrorKind.invalid_request,
                            "model and messages are required", param="messages")
         signals = read_signals("anthropic", body, request.headers, len(raw))
-        decision = ctx.router.choose(signals)
+        # counting is not a turn: look up the model without touching session state
+        model = ctx.router.peek_model(signals)
     except ApiError as e:
         return error_response("anthropic", e)
-    except (UnknownModel, NoCandidate) as e:
+    except UnknownModel:
         return error_response("anthropic", ApiError(
             ErrorKind.not_found, f"model {body.get('model')!r} is not served here",
-            param="model")) if isinstance(e, UnknownModel) else error_response(
-            "anthropic", ApiError(ErrorKind.invalid_request, str(e)))
-    model = decision.model
+            param="model"))
     up = ctx.upstreams[model.provider]
     if "anthropic" in up.formats():
         out = dict(body)

@@ -17,12 +17,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from switchman_daemon.tokens import chars_to_tokens
+
 _EDGE = 48
 _IMAGE_TOKENS = 1600
-
-
-def _text_tokens(n_chars: int) -> int:
-    return (n_chars * 10 + 35) // 36  # ~3.6 chars per token, as tokens.py
 
 
 def _text_sig(text: str) -> tuple[int, str, str]:
@@ -36,13 +34,13 @@ def _block_sig(block: Any) -> tuple[tuple[Any, ...], int, bool]:
     """(signature, token estimate, is_media) for one content block or string."""
     if isinstance(block, str):
         n, a, b = _text_sig(block)
-        return ("s", n, a, b), _text_tokens(n), False
+        return ("s", n, a, b), chars_to_tokens(n), False
     if not isinstance(block, dict):
         return ("?",), 1, False
     t = block.get("type")
     if t in ("text", "input_text", "output_text"):
         n, a, b = _text_sig(str(block.get("text", "")))
-        return ("t", n, a, b), _text_tokens(n), False
+        return ("t", n, a, b), chars_to_tokens(n), False
     if t in ("image", "input_image", "image_url", "document", "input_file"):
         src = block.get("source") or block.get("image_url") or block.get("file_id") or ""
         if isinstance(src, dict):
@@ -53,7 +51,7 @@ def _block_sig(block: Any) -> tuple[tuple[Any, ...], int, bool]:
         args = block.get("input", block.get("arguments", ""))
         size = len(args) if isinstance(args, str) else len(str(args))
         return (("u", block.get("id") or block.get("call_id"), block.get("name"), size),
-                _text_tokens(size) + 8, False)
+                chars_to_tokens(size) + 8, False)
     if t in ("tool_result", "function_call_output", "custom_tool_call_output"):
         c = block.get("content", block.get("output", ""))
         if isinstance(c, list):
@@ -74,11 +72,11 @@ def _block_sig(block: Any) -> tuple[tuple[Any, ...], int, bool]:
         s = str(c)
         n, a, b = _text_sig(s)
         return ("r", block.get("tool_use_id") or block.get("call_id"), n, a, b), \
-            _text_tokens(n), False
+            chars_to_tokens(n), False
     if t in ("thinking", "redacted_thinking", "reasoning"):
         sig = block.get("signature") or block.get("encrypted_content") or block.get("data") or ""
         text = block.get("thinking") or ""
-        return ("k", len(str(sig)), str(sig)[-_EDGE:], len(text)), _text_tokens(len(text)), False
+        return ("k", len(str(sig)), str(sig)[-_EDGE:], len(text)), chars_to_tokens(len(text)), False
     # unknown block: its key set and size proxy
     return ("o", t, len(block)), 4, False
 
@@ -158,7 +156,7 @@ def _message_sigs(m: Any) -> tuple[list[tuple[Any, ...]], list[int], int]:
             fn = tc.get("function") or {}
             n = len(str(fn.get("arguments")))
             sigs.append(("tc", tc.get("id"), fn.get("name"), n))
-            toks.append(_text_tokens(n) + 8)
+            toks.append(chars_to_tokens(n) + 8)
     return sigs, toks, media
 
 
@@ -193,7 +191,7 @@ def build_chain(fmt: str, body: dict[str, Any], *, skip_attribution: bool = True
         names = tuple(t.get("name") or t.get("type") or "" if isinstance(t, dict) else ""
                       for t in tools)
         desc = sum(len(str(t.get("description") or "")) for t in tools if isinstance(t, dict))
-        push(("tools", names, desc), _text_tokens(desc) + 120 * len(tools))
+        push(("tools", names, desc), chars_to_tokens(desc) + 120 * len(tools))
     system = body.get("system") if fmt == "anthropic" else body.get("instructions")
     if isinstance(system, str) and system:
         sig, k, _ = _block_sig(system)

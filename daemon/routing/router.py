@@ -199,6 +199,19 @@ class Router:
         return Decision(chosen, self._fallbacks(chosen, s), how, [reason], cands, sid, s.role,
                         predicted_cost=best.cost_now, chain=chain, previous_model=last)
 
+    def peek_model(self, s: Signals) -> ModelInfo:
+        """The model a request would most likely go to, with no side effects on
+        session state (for count_tokens): a pin as resolved, else the model
+        the session is on, else the pool's first. Raises UnknownModel."""
+        rule = self._rule_for(s)
+        kind, names = self.registry.resolve(rule.route_to if rule else s.requested_model)
+        if not names:
+            raise UnknownModel(s.requested_model)
+        st = self.tracker.peek_session(s.cache_session)
+        if kind == "pool" and st is not None and st.last_model in names:
+            return self.registry.models[st.last_model]
+        return self.registry.models[names[0]]
+
     def _rule_for(self, s: Signals) -> RoutingRule | None:
         """The first configured rule matching this request, if any."""
         for r in self.config.routing.rules:

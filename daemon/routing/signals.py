@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import orjson
 
+from switchman_daemon.routing.prefix import fallback_session_key
+
 WireFormat = Literal["anthropic", "chat", "responses"]
 
 
@@ -164,8 +166,6 @@ def read_signals(
         source = "metadata"
         sid = _json_field(md.get("user_id"), "session_id") or md.get("session_id")
     if not sid:
-        from switchman_daemon.routing.prefix import fallback_session_key
-
         source = "fingerprint"
         sid = fallback_session_key(fmt, body)
     s.session_id = sid if isinstance(sid, str) and sid else None
