@@ -39,6 +39,7 @@ class Upstream:
     base_url: str
     session: aiohttp.ClientSession
     _key: tuple[int, float, str | None] | None = None  # (secrets generation, time, key)
+    _urls: dict[str, str] | None = None
 
     def api_key(self) -> str | None:
         """The provider key, cached: a keyring lookup per request would cost
@@ -61,6 +62,12 @@ class Upstream:
         return self.config.wire_formats()
 
     def url(self, endpoint: str) -> str:
+        urls = self._urls
+        if urls is None:
+            urls = self._urls = {e: self._url(e) for e in _PATHS}
+        return urls[endpoint]
+
+    def _url(self, endpoint: str) -> str:
         base = self.base_url.rstrip("/")
         if endpoint in ("anthropic", "count_tokens") and base.endswith("/v1"):
             base = base[:-3]
