@@ -19,24 +19,40 @@ and reset to zero when the period rolls over (checked lazily on each call and by
 ``sweep``). A request's cost belongs to the period in which it was reserved, like
 the ledger's ``started_at``: a request straddling midnight counts for the old day.
 
+Crashes: each reservation is also written to its ledger row (``journal``, the
+ledger's batched ``hold``), and a row left ``interrupted`` by a crash counts as
+the larger of its recorded cost and that estimate: the request may have reached
+the provider and been billed, so a restart must not hand the money out again.
+
 Shared mode (the default when the ledger is not SQLite, i.e. several daemons may
 share it): the counters that matter live in the database. ``reserve`` locks one
 ``budget_counters`` row per applicable budget (``SELECT ... FOR UPDATE``, in a fixed
 order so daemons cannot deadlock), adds every daemon's holds, and books its own
 hold in the same transaction, so two daemons cannot both pass the last dollar;
 ``settle`` moves the hold into ``spent``. The in-memory counters become a mirror
-that only feeds ``check`` (a routing hint); ``status`` reads the database.
+that only feeds ``check`` (a routing hint); ``status`` reads the database. A
+restarting daemon turns the holds it left behind into spend, for the same reason
+as above. The proxy calls ``areserve``, which runs that locking transaction on a
+worker thread so the event loop never waits on another daemon's row lock, and
+``settle_nowait``, which queues the settling transaction on the same threads (its
+reservation has committed before the request was forwarded, so the settle can only
+follow it); ``drain`` waits for the queued settles and ``close`` drains, then stops
+the threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import math
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -66,6 +82,13 @@ PERIODS: tuple[str, ...] = ("daily", "weekly", "monthly", "total")
 _RECENT_TURNS = 10
 _MAX_REMAINING_TURNS = 200
 _SESSION_TRAILS = 10_000
+# Worker threads for shared-mode reservations: few, since reservations of one budget
+# serialise on its row lock anyway, and well under the engine's connection pool.
+_RESERVE_WORKERS = 4
+
+log = logging.getLogger(__name__)
+
+Journal = Callable[[str, float], None]  # (request id, estimate): see Ledger.hold
 
 
 class _Prices(Protocol):
@@ -237,7 +260,10 @@ class _Trail:
 
 
 class Budgets:
-    """Budget definitions (persisted) and their live counters (in memory)."""
+    """Budget definitions (persisted) and their live counters (in memory).
+
+    ``journal`` (the daemon passes ``Ledger.hold``) records each reservation's
+    estimate on its ledger row, for requests a crash will leave interrupted."""
 
     def __init__(
         self,
@@ -246,18 +272,20 @@ class Budgets:
         *,
         shared: bool | None = None,
         owner: str = "local",
+        journal: Journal | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         # SQLite means one daemon: in-memory counters are exact and cost no I/O.
         self.shared = engine.dialect.name != "sqlite" if shared is None else shared
         self.owner = owner
+        self.journal = journal
         ensure_admin_tables(engine)
         if self.shared:
-            # holds this daemon left behind (a crash mid-request) would block budget
-            # forever; nothing of ours is in flight before we start serving
-            with engine.begin() as conn:
-                conn.execute(sa.delete(budget_holds).where(budget_holds.c.owner == owner))
+            self._absorb_leftover_holds()
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._pending: set[Future[None]] = set()  # queued settles (shared mode)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._live: dict[str, _Live] = {}
@@ -321,9 +349,12 @@ class Budgets:
         )
         values = b.to_dict()
         with self.engine.begin() as conn:
-            if conn.execute(
-                sa.update(budgets_table).where(budgets_table.c.id == b.id).values(values)
-            ).rowcount == 0:
+            if (
+                conn.execute(
+                    sa.update(budgets_table).where(budgets_table.c.id == b.id).values(values)
+                ).rowcount
+                == 0
+            ):
                 conn.execute(sa.insert(budgets_table).values(values))
         same_cover = old is not None and (
             (old.budget.scope, old.budget.subject, old.budget.period, old.budget.timezone)
@@ -382,14 +413,71 @@ class Budgets:
         return BudgetCheck(state, tuple(soft), max(headroom, 0.0))
 
     def reserve(
-        self, team_key_id: str | None, session_id: str | None, estimate_usd: float
+        self,
+        team_key_id: str | None,
+        session_id: str | None,
+        estimate_usd: float,
+        *,
+        request_id: str | None = None,
     ) -> Reservation:
         """Book ``estimate_usd`` on every applicable budget, or raise BudgetExceeded
-        (booking nothing) if any hard limit would be crossed."""
+        (booking nothing) if any hard limit would be crossed. With ``request_id``,
+        the estimate is also written to that ledger row (see ``journal``).
+
+        Blocking on a shared database (a row lock another daemon may hold): from the
+        event loop, call ``areserve``."""
         est = max(float(estimate_usd), 0.0)
         now = self.clock()
         if self.shared:
-            return self._reserve_shared(team_key_id, session_id, est, now)
+            r = self._reserve_shared(team_key_id, session_id, est, now)
+        else:
+            r = self._reserve_local(team_key_id, session_id, est, now)
+        if request_id is not None and self.journal is not None and est > 0:
+            self.journal(request_id, est)
+        return r
+
+    async def areserve(
+        self,
+        team_key_id: str | None,
+        session_id: str | None,
+        estimate_usd: float,
+        *,
+        request_id: str | None = None,
+    ) -> Reservation:
+        """``reserve`` for the event loop. In memory (SQLite) it runs inline, no
+        thread hop; on a shared database the transaction runs on a worker thread.
+        If the caller is cancelled meanwhile, the reservation is released as soon
+        as it completes, so an abandoned request never pins budget."""
+        if not self.shared:
+            return self.reserve(team_key_id, session_id, estimate_usd, request_id=request_id)
+        job = self._pool().submit(
+            self.reserve, team_key_id, session_id, estimate_usd, request_id=request_id
+        )
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            # cancelling the wrapper cancels ``job`` only if it had not started yet
+            job.add_done_callback(self._release_abandoned)
+            raise
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        _RESERVE_WORKERS, thread_name_prefix="switchman-budget"
+                    )
+        return self._executor
+
+    def _release_abandoned(self, job: Future[Reservation]) -> None:
+        if job.cancelled() or job.exception() is not None:
+            return
+        # settle locks rows: never on the caller's (a worker's or the loop's) thread
+        self.settle_nowait(job.result(), 0.0)
+
+    def _reserve_local(
+        self, team_key_id: str | None, session_id: str | None, est: float, now: float
+    ) -> Reservation:
         with self._lock:
             hits: list[tuple[_Live, _Counter]] = []
             for live in self._live.values():
@@ -441,9 +529,13 @@ class Budgets:
                 for live, who in hits:
                     key = _key(live, who)
                     spent = self._lock_counter(conn, live, who)
-                    held = float(conn.execute(
-                        sa.select(sa.func.coalesce(sa.func.sum(budget_holds.c.reserved), 0.0))
-                        .where(*_match(budget_holds, key))).scalar_one())
+                    held = float(
+                        conn.execute(
+                            sa.select(
+                                sa.func.coalesce(sa.func.sum(budget_holds.c.reserved), 0.0)
+                            ).where(*_match(budget_holds, key))
+                        ).scalar_one()
+                    )
                     hard = live.budget.hard_usd
                     if hard is not None and spent + held + est > hard:
                         c = _Counter(spent)
@@ -451,11 +543,18 @@ class Budgets:
                         raise _exceeded(live, c, est)  # rolls the transaction back
                     seen.append((live, who, spent, held))
                 for live, who, _, _ in seen:
-                    upsert_add(conn, budget_holds, {**_key(live, who), "owner": self.owner},
-                               "reserved", est)
+                    upsert_add(
+                        conn,
+                        budget_holds,
+                        {**_key(live, who), "owner": self.owner},
+                        "reserved",
+                        est,
+                    )
         soft = tuple(
-            lv.budget.id for lv, _, spent, held in seen
-            if lv.budget.soft_usd is not None and spent + held + est >= lv.budget.soft_usd)
+            lv.budget.id
+            for lv, _, spent, held in seen
+            if lv.budget.soft_usd is not None and spent + held + est >= lv.budget.soft_usd
+        )
         with self._lock:
             for live, who, spent, held in seen:  # refresh the mirror check() reads
                 c = live.counters.get(who)
@@ -477,8 +576,11 @@ class Budgets:
         """Lock this period's counter row (creating it, seeded from the ledger like
         ``_load``, on first use by any daemon) and return its spent."""
         key = _key(live, who)
-        stmt = sa.select(budget_counters.c.spent).where(
-            *_match(budget_counters, key)).with_for_update()
+        stmt = (
+            sa.select(budget_counters.c.spent)
+            .where(*_match(budget_counters, key))
+            .with_for_update()
+        )
         spent = conn.execute(stmt).scalar_one_or_none()
         if spent is None:
             end = live.end if math.isfinite(live.end) else None
@@ -489,13 +591,86 @@ class Budgets:
 
     def settle(self, reservation: Reservation, actual_usd: float) -> None:
         """Release the reservation and book the real cost (idempotent). Call it for
-        every reservation, with 0.0 when the request failed before costing anything."""
+        every reservation, with 0.0 when the request failed before costing anything.
+
+        Blocking on a shared database (a row lock another daemon may hold): from the
+        event loop, call ``settle_nowait``."""
         actual = max(float(actual_usd), 0.0)
+        booked = self._settle_memory(reservation, actual)
+        if booked is not None:
+            self._settle_shared(reservation, actual, booked)
+
+    def settle_nowait(self, reservation: Reservation, actual_usd: float) -> None:
+        """``settle`` for the event loop (the proxy's close hook). In memory (SQLite)
+        it runs inline; on a shared database the in-memory part (mirror, session
+        trail) runs here and the transaction is queued on the worker threads, where
+        it waits for row locks without holding up the loop. A failing transaction
+        is logged, never raised: the request it settles has already been answered.
+        ``drain`` waits for the queued transactions."""
+        actual = max(float(actual_usd), 0.0)
+        if not self.shared:
+            self.settle(reservation, actual)
+            return
+        booked = self._settle_memory(reservation, actual)
+        if booked is None:
+            return
+        with self._lock:
+            closed = self._closed
+        if closed:  # after close(): nothing will drain a queue, so settle here
+            try:
+                self._settle_shared(reservation, actual, booked)
+            except Exception:
+                log.exception("settling budget reservation %d failed", reservation.id)
+            return
+        try:
+            job = self._pool().submit(self._settle_shared, reservation, actual, booked)
+        except RuntimeError:  # the pool shut down under us
+            log.exception("could not queue settlement of reservation %d", reservation.id)
+            return
+        with self._lock:
+            self._pending.add(job)
+        job.add_done_callback(self._settled)
+
+    def _settled(self, job: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(job)
+        if not job.cancelled() and (e := job.exception()) is not None:
+            log.error("settling a budget reservation failed", exc_info=e)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every settle queued before this call has committed (or failed).
+        Returns False if some are still running after ``timeout`` seconds. Blocking:
+        from the event loop, ``await asyncio.to_thread(budgets.drain, t)``."""
+        with self._lock:
+            jobs = list(self._pending)
+        if not jobs:
+            return True
+        _, left = futures_wait(jobs, timeout)
+        return not left
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Drain the queued settles (up to ``timeout`` seconds), then stop the worker
+        threads; call before disposing of the engine. A settle arriving later runs
+        inline. Returns whether everything drained."""
+        with self._lock:
+            self._closed = True
+        done = self.drain(timeout)
+        if not done:
+            log.warning("budget settlements still pending at shutdown")
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=done, cancel_futures=not done)
+        return done
+
+    def _settle_memory(
+        self, r: Reservation, actual: float
+    ) -> list[tuple[str, str, float]] | None:
+        """``settle``'s in-memory part; returns the counters to book in the shared
+        database (None: nothing to write, or already settled)."""
         now = self.clock()
-        r = reservation
         with self._lock:
             if r.settled:
-                return
+                return None
             r.settled = True
             for c, amt in r._entries:
                 c.reserved = max(c.reserved - amt, 0.0)
@@ -527,8 +702,7 @@ class Budgets:
                 else:
                     self._trails.move_to_end(r.session_id)
                 trail.add(actual)
-        if self.shared and (r._db or booked):
-            self._settle_shared(r, actual, booked)
+        return booked if self.shared and (r._db or booked) else None
 
     def _settle_shared(
         self, r: Reservation, actual: float, booked: list[tuple[str, str, float]]
@@ -540,20 +714,43 @@ class Budgets:
             if actual > 0:
                 for bid, who, start in sorted(booked):
                     key = {"budget_id": bid, "subject": who, "period_start": start}
-                    conn.execute(sa.update(bc).where(*_match(bc, key))
-                                 .values(spent=bc.c.spent + actual))
+                    conn.execute(
+                        sa.update(bc).where(*_match(bc, key)).values(spent=bc.c.spent + actual)
+                    )
             for bid, who, start in r._db:
                 key = {"budget_id": bid, "subject": who, "period_start": start}
-                conn.execute(sa.update(h).where(*_match(h, key), h.c.owner == self.owner)
-                             .values(reserved=sa.case((left > 0, left), else_=0.0)))
+                conn.execute(
+                    sa.update(h)
+                    .where(*_match(h, key), h.c.owner == self.owner)
+                    .values(reserved=sa.case((left > 0, left), else_=0.0))
+                )
+
+    def _absorb_leftover_holds(self) -> None:
+        """Turn the holds this daemon left behind (a crash mid-request) into spend,
+        then drop them: those requests may have reached the provider and cost up to
+        their estimate, and nothing of ours is in flight before we start serving."""
+        h, bc = budget_holds, budget_counters
+        mine = h.c.owner == self.owner
+        with self.engine.begin() as conn:
+            left = conn.execute(
+                sa.select(h.c.budget_id, h.c.subject, h.c.period_start, h.c.reserved)
+                .where(mine, h.c.reserved > 0)
+                .order_by(h.c.budget_id, h.c.subject, h.c.period_start)
+            ).all()
+            for bid, who, start, held in left:  # counters first, sorted: reserve's order
+                key = {"budget_id": bid, "subject": who, "period_start": start}
+                conn.execute(sa.update(bc).where(*_match(bc, key)).values(spent=bc.c.spent + held))
+            conn.execute(sa.delete(h).where(mine))
 
     def reload(self) -> int:
         """Pick up budgets another daemon created, changed or removed in the shared
         database. Returns how many changed here."""
         with self.engine.connect() as conn:
             rows = list(conn.execute(sa.select(budgets_table)).mappings())
-        found = {r["id"]: Budget(**{k: r[k] for k in Budget.__slots__})  # type: ignore[attr-defined]
-                 for r in rows}
+        found = {
+            r["id"]: Budget(**{k: r[k] for k in Budget.__slots__})  # type: ignore[attr-defined]
+            for r in rows
+        }
         now = self.clock()
         changed = 0
         for bid, b in found.items():
@@ -562,7 +759,8 @@ class Budgets:
                 continue
             same_cover = cur is not None and (
                 (cur.budget.scope, cur.budget.subject, cur.budget.period, cur.budget.timezone)
-                == (b.scope, b.subject, b.period, b.timezone))
+                == (b.scope, b.subject, b.period, b.timezone)
+            )
             live = None if same_cover else self._load(b, now)
             with self._lock:
                 if live is None and bid in self._live:
@@ -588,11 +786,15 @@ class Budgets:
             for live in sorted(self._live.values(), key=lambda lv: lv.budget.created_at):
                 self._roll(live, now)
                 b = live.budget
-                if shared is not None:  # every daemon's spend and holds, not our mirror
-                    counters = {who: c for (bid, who, start), c in shared.items()
-                                if bid == b.id and start == live.start}
-                    if b.scope == "global" and "" not in counters and "" in live.counters:
-                        counters[""] = live.counters[""]  # no request yet this period
+                if shared is not None:
+                    # every daemon's spend and holds; our mirror (loaded from the ledger)
+                    # only for subjects no daemon has reserved for yet this period
+                    counters = dict(live.counters)
+                    counters.update(
+                        (who, c)
+                        for (bid, who, start), c in shared.items()
+                        if bid == b.id and start == live.start
+                    )
                     live = _Live(b, live.tz, live.start, live.end, counters)
                 if b.scope == "global" or b.subject is not None:
                     key = "" if b.scope == "global" else b.subject
@@ -612,12 +814,14 @@ class Budgets:
         out: dict[tuple[str, str, float], _Counter] = {}
         with self.engine.connect() as conn:
             for bid, who, start, spent in conn.execute(
-                    sa.select(bc.c.budget_id, bc.c.subject, bc.c.period_start, bc.c.spent)):
+                sa.select(bc.c.budget_id, bc.c.subject, bc.c.period_start, bc.c.spent)
+            ):
                 out[(bid, who, float(start))] = _Counter(float(spent))
             for bid, who, start, held in conn.execute(
-                    sa.select(h.c.budget_id, h.c.subject, h.c.period_start,
-                              sa.func.sum(h.c.reserved))
-                    .group_by(h.c.budget_id, h.c.subject, h.c.period_start)):
+                sa.select(
+                    h.c.budget_id, h.c.subject, h.c.period_start, sa.func.sum(h.c.reserved)
+                ).group_by(h.c.budget_id, h.c.subject, h.c.period_start)
+            ):
                 c = out.setdefault((bid, who, float(start)), _Counter())
                 c.reserved = float(held or 0.0)
         return out
@@ -724,18 +928,23 @@ class Budgets:
 
     @staticmethod
     def _ledger_spent(conn: Connection, b: Budget, start: float, end: float) -> dict[str, float]:
-        """Spend per subject recorded in the ledger for [start, end)."""
+        """Spend per subject recorded in the ledger for [start, end); an interrupted
+        row counts at least the estimate reserved for it (module docs, Crashes)."""
         c = requests.c
         window = [c.started_at >= start] + ([c.started_at < end] if math.isfinite(end) else [])
+        charge = sa.case(
+            (sa.and_(c.status == "interrupted", c.reserved_usd > c.cost_usd), c.reserved_usd),
+            else_=c.cost_usd,
+        )
         if b.scope == "global":
             spent = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0)).where(*window)
+                sa.select(sa.func.coalesce(sa.func.sum(charge), 0.0)).where(*window)
             ).scalar_one()
             return {"": float(spent)}
         col = c.team_key_id if b.scope == "team_key" else c.session_id
-        stmt = sa.select(col, sa.func.sum(c.cost_usd)).where(*window).group_by(col)
-        stmt = stmt.where(col == b.subject) if b.subject is not None else stmt.where(
-            col.is_not(None)
+        stmt = sa.select(col, sa.func.sum(charge)).where(*window).group_by(col)
+        stmt = (
+            stmt.where(col == b.subject) if b.subject is not None else stmt.where(col.is_not(None))
         )
         return {who: float(spent or 0.0) for who, spent in conn.execute(stmt)}
 

@@ -35,7 +35,14 @@ from sqlalchemy.engine import Engine
 from switchman_daemon.budgets import Budgets
 from switchman_daemon.ledger.schema import requests
 from switchman_daemon.rollups import Rollups
-from switchman_daemon.store_tables import ensure_admin_tables, read_watermark, write_watermark
+from switchman_daemon.store_tables import (
+    budget_counters,
+    budget_holds,
+    ensure_admin_tables,
+    read_watermark,
+    write_watermark,
+)
+from switchman_daemon.store_tables import budgets as budgets_table
 from switchman_daemon.teamkeys import TeamKeys
 
 log = logging.getLogger("switchman.jobs")
@@ -105,7 +112,8 @@ class JobRunner:
         self.intervals = {**DEFAULT_INTERVALS, **(intervals or {})}
         self.clock = clock
         self.key = key or engine.url.render_as_string(hide_password=True) + (
-            f"#{owner}" if self.shared else "")
+            f"#{owner}" if self.shared else ""
+        )
         self.scheduler: AsyncIOScheduler | None = None
         self.runs: dict[str, int] = {}  # completed runs per job in this process
 
@@ -120,8 +128,8 @@ class JobRunner:
             "cache_expiry": self.cache_expiry is not None,
             "price_refresh": self.price_refresh is not None,
             "retention": True,
-            "shared_reload": self.shared and (self.teamkeys is not None or
-                                              self.budgets is not None),
+            "shared_reload": self.shared
+            and (self.teamkeys is not None or self.budgets is not None),
         }
         return [n for n, v in on.items() if v]
 
@@ -151,8 +159,7 @@ class JobRunner:
             job = sched.get_job(name)
             if job is not None and str(job.trigger) == str(trigger) and tuple(job.args) == args:
                 continue  # unchanged: keep its stored next run time
-            sched.add_job(_dispatch, trigger, args=args, id=name, name=name,
-                          replace_existing=True)
+            sched.add_job(_dispatch, trigger, args=args, id=name, name=name, replace_existing=True)
         sched.resume()
         self.scheduler = sched
 
@@ -178,8 +185,9 @@ class JobRunner:
             if name == "budget_sweep":
                 result = self.budgets.sweep() if self.budgets else 0
             elif name == "teamkey_touch":
-                result = await asyncio.to_thread(self.teamkeys.flush_touches) if (
-                    self.teamkeys) else 0
+                result = (
+                    await asyncio.to_thread(self.teamkeys.flush_touches) if (self.teamkeys) else 0
+                )
             elif name == "rollup_recent":
                 result = await asyncio.to_thread(self.rollup_recent)
             elif name == "rollup_daily":
@@ -233,8 +241,9 @@ class JobRunner:
         return written
 
     def retention(self) -> int:
-        """Once per local day: drop ledger rows older than ``retention_days`` (if set)
-        and fine-grained rollups past their keep time. Returns rows deleted, or -1
+        """Once per local day: drop ledger rows older than ``retention_days`` (if set),
+        fine-grained rollups past their keep time and shared budget counters that no
+        longer count (see ``prune_budget_counters``). Returns rows deleted, or -1
         when today's run already happened."""
         now = self.clock()
         today = self.rollups.floor("day", now)
@@ -245,14 +254,40 @@ class JobRunner:
         if self.retention_days is not None:
             cutoff = now - self.retention_days * _DAY
             with self.engine.begin() as conn:
-                deleted += conn.execute(
-                    sa.delete(requests).where(
-                        requests.c.started_at < cutoff, requests.c.status != "open"
-                    )
-                ).rowcount or 0
+                deleted += (
+                    conn.execute(
+                        sa.delete(requests).where(
+                            requests.c.started_at < cutoff, requests.c.status != "open"
+                        )
+                    ).rowcount
+                    or 0
+                )
         deleted += self.rollups.prune("minute", now - self.minute_rollup_days * _DAY)
         deleted += self.rollups.prune("hour", now - self.hour_rollup_days * _DAY)
+        deleted += self.prune_budget_counters(now)
         write_watermark(self.engine, "retention", today, now)
+        return deleted
+
+    def prune_budget_counters(self, now: float) -> int:
+        """Delete budget counters and holds of periods that ended over a day ago
+        (budgets only read the current period; the ledger keeps the history), and
+        those of budgets that were removed. The day of grace covers a request still
+        in flight across the boundary: its settle then finds its old rows. Returns
+        rows deleted."""
+        bc, h = budget_counters, budget_holds
+        ended = sa.and_(bc.c.period_end.is_not(None), bc.c.period_end < now - _DAY)
+        removed = bc.c.budget_id.not_in(sa.select(budgets_table.c.id))
+        # a hold is created only after its counter (reserve, one transaction), so a
+        # hold without one belongs to a pruned counter
+        orphan = ~sa.exists().where(
+            bc.c.budget_id == h.c.budget_id,
+            bc.c.subject == h.c.subject,
+            bc.c.period_start == h.c.period_start,
+        )
+        with self.engine.begin() as conn:
+            # counters, then holds: reserve's lock order, so the two cannot deadlock
+            deleted = conn.execute(sa.delete(bc).where(sa.or_(ended, removed))).rowcount or 0
+            deleted += conn.execute(sa.delete(h).where(orphan)).rowcount or 0
         return deleted
 
 

@@ -10,8 +10,9 @@ from tests.support.running import RunningDaemon
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-# admin-plane fixtures: mem_keyring, admin_daemon, client
-pytest_plugins = ["tests.support.admin"]
+# admin-plane fixtures: mem_keyring, admin_daemon, client; database backends:
+# backend, db_url (sqlite and postgresql), pg_url
+pytest_plugins = ["tests.support.admin", "tests.support.backends"]
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Budgets, team keys and live stats through the admin plane: a real daemon, a
-real gRPC channel, real HTTP against the proxy."""
+real gRPC channel, real HTTP against the proxy. The budget and team-key tests run
+on both ledger backends (``backend``: SQLite, and PostgreSQL when configured)."""
 
 from __future__ import annotations
 
@@ -17,40 +18,68 @@ from switchman_daemon.cli import main
 from switchman_shared.admin_client import AdminClient
 from switchman_shared.admin_errors import AdminError
 from switchman_shared.proto_gen.switchman.v1 import budgets_pb2, stats_pb2, teamkeys_pb2
+from tests.support.backends import daemon_on
 from tests.support.memory_keyring import MemoryKeyring
 from tests.support.running import RunningDaemon
 
 ANTHROPIC = {"anthropic-version": "2023-06-01"}
 
 
-def _anthropic(d: RunningDaemon, key: str = "local", session: str = "sess-1",
-               model: str = "sim-claude-cheap") -> httpx.Response:
-    return httpx.post(f"{d.url}/v1/messages", timeout=30, headers={
-        **ANTHROPIC, "x-api-key": key, "x-claude-code-session-id": session}, json={
-        "model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+def _anthropic(
+    d: RunningDaemon, key: str = "local", session: str = "sess-1", model: str = "sim-claude-cheap"
+) -> httpx.Response:
+    return httpx.post(
+        f"{d.url}/v1/messages",
+        timeout=30,
+        headers={**ANTHROPIC, "x-api-key": key, "x-claude-code-session-id": session},
+        json={"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+    )
 
 
 def _chat(d: RunningDaemon, key: str = "local") -> httpx.Response:
-    return httpx.post(f"{d.url}/v1/chat/completions", timeout=30,
-                      headers={"authorization": f"Bearer {key}"},
-                      json={"model": "sim-gpt-cheap", "max_tokens": 16,
-                            "messages": [{"role": "user", "content": "hi"}]})
+    return httpx.post(
+        f"{d.url}/v1/chat/completions",
+        timeout=30,
+        headers={"authorization": f"Bearer {key}"},
+        json={
+            "model": "sim-gpt-cheap",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
 
 
 @pytest.fixture
-def closed_daemon(tmp_path: Path, mem_keyring: MemoryKeyring) -> Iterator[RunningDaemon]:
-    d = RunningDaemon(tmp_path, overrides={"daemon": {"local_open": False}})
-    try:
+def closed_daemon(
+    tmp_path: Path, mem_keyring: MemoryKeyring, backend: str
+) -> Iterator[RunningDaemon]:
+    with daemon_on(backend, tmp_path, {"daemon": {"local_open": False}}) as d:
         yield d
+
+
+@pytest.fixture
+def budget_daemon(
+    tmp_path: Path, mem_keyring: MemoryKeyring, backend: str
+) -> Iterator[RunningDaemon]:
+    with daemon_on(backend, tmp_path) as d:
+        yield d
+
+
+@pytest.fixture
+def budget_client(budget_daemon: RunningDaemon) -> Iterator[AdminClient]:
+    c = AdminClient.connect(budget_daemon.daemon.data_dir)
+    try:
+        yield c
     finally:
-        d.stop()
+        c.close()
 
 
 def _watch(client: AdminClient, **kw: Any) -> Any:
     return client.stats.Watch(stats_pb2.WatchRequest(interval_s=0.2, **kw), timeout=20)
 
 
-def test_budget_round_trip(client: AdminClient) -> None:
+def test_budget_round_trip(budget_client: AdminClient) -> None:
+    client = budget_client
     g = client.set_budget("global", "daily", soft_usd=5, hard_usd=10, timezone="Europe/Oslo")
     assert g.id.startswith("bg_") and g.timezone == "Europe/Oslo"
     assert g.action == budgets_pb2.BUDGET_ACTION_BLOCK and g.scope_id == ""
@@ -68,20 +97,25 @@ def test_budget_round_trip(client: AdminClient) -> None:
     assert [x.budget.id for x in client.budget_status([s.id])] == [s.id]
 
     # replacing keeps the id; limits change
-    g2 = client.set_budget("global", "daily", hard_usd=20, timezone="Europe/Oslo",
-                           budget_id=g.id)
+    g2 = client.set_budget("global", "daily", hard_usd=20, timezone="Europe/Oslo", budget_id=g.id)
     assert g2.id == g.id and g2.hard_usd == 20 and g2.soft_usd == 0
 
-    for kw, needle in (({"soft_usd": 9, "hard_usd": 1}, "soft limit"),
-                       ({"soft_usd": 1, "timezone": "Mars/Base"}, "time zone"),
-                       ({"subject": "x", "soft_usd": 1}, "no subject"),
-                       ({}, "soft or a hard")):
+    for kw, needle in (
+        ({"soft_usd": 9, "hard_usd": 1}, "soft limit"),
+        ({"soft_usd": 1, "timezone": "Mars/Base"}, "time zone"),
+        ({"subject": "x", "soft_usd": 1}, "no subject"),
+        ({}, "soft or a hard"),
+    ):
         with pytest.raises(AdminError) as ei:
             client.set_budget("global", "daily", **kw)
         assert ei.value.kind == "invalid_argument" and needle in ei.value.message
     with pytest.raises(AdminError) as ei:  # scope left unspecified on the wire
-        client.call(client.budgets.SetBudget, budgets_pb2.SetBudgetRequest(
-            budget=budgets_pb2.Budget(period=budgets_pb2.BUDGET_PERIOD_DAILY, soft_usd=1)))
+        client.call(
+            client.budgets.SetBudget,
+            budgets_pb2.SetBudgetRequest(
+                budget=budgets_pb2.Budget(period=budgets_pb2.BUDGET_PERIOD_DAILY, soft_usd=1)
+            ),
+        )
     assert ei.value.kind == "invalid_argument" and "scope" in ei.value.message
     with pytest.raises(AdminError) as ei:
         client.set_budget("planet", "daily", soft_usd=1)
@@ -95,8 +129,10 @@ def test_budget_round_trip(client: AdminClient) -> None:
         assert ei.value.kind == "not_found"
 
 
-def test_hard_budget_set_via_api_blocks_the_proxy(client: AdminClient,
-                                                  admin_daemon: RunningDaemon) -> None:
+def test_hard_budget_set_via_api_blocks_the_proxy(
+    budget_client: AdminClient, budget_daemon: RunningDaemon
+) -> None:
+    client, admin_daemon = budget_client, budget_daemon
     assert _anthropic(admin_daemon).status_code == 200
     b = client.set_budget("global", "total", hard_usd=1e-9)
     r = _anthropic(admin_daemon)
@@ -116,15 +152,16 @@ def test_hard_budget_set_via_api_blocks_the_proxy(client: AdminClient,
     assert _anthropic(admin_daemon).status_code == 200
 
 
-def test_team_keys_issue_use_revoke(client_closed: AdminClient, closed_daemon: RunningDaemon,
-                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_team_keys_issue_use_revoke(
+    client_closed: AdminClient, closed_daemon: RunningDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     c, d = client_closed, closed_daemon
     assert _anthropic(d).status_code == 401  # local_open is off: a key is required
 
     issued = c.issue_team_key("ci-bot", "alice", expires_at=time.time() + 3600)
     key = issued.plaintext
-    assert key.startswith("sk-sw-") and issued.key.prefix == key[:len(issued.key.prefix)]
+    assert key.startswith("sk-sw-") and issued.key.prefix == key[: len(issued.key.prefix)]
     assert issued.key.owner == "alice" and not issued.key.revoked
     assert _anthropic(d, key).status_code == 200
     assert _chat(d, key).status_code == 200  # Bearer works too
@@ -147,17 +184,21 @@ def test_team_keys_issue_use_revoke(client_closed: AdminClient, closed_daemon: R
     assert {x.id for x in c.list_team_keys(include_revoked=True)} == set(keys)
     assert c.revoke_team_key(issued.key.id).revoked  # idempotent
 
-    for call, kind in ((lambda: c.revoke_team_key("tk_nope"), "not_found"),
-                       (lambda: c.issue_team_key(" ", "x"), "invalid_argument"),
-                       (lambda: c.issue_team_key("old", "x", expires_at=1.0),
-                        "invalid_argument")):
+    for call, kind in (
+        (lambda: c.revoke_team_key("tk_nope"), "not_found"),
+        (lambda: c.issue_team_key(" ", "x"), "invalid_argument"),
+        (lambda: c.issue_team_key("old", "x", expires_at=1.0), "invalid_argument"),
+    ):
         with pytest.raises(AdminError) as ei:
             call()
         assert ei.value.kind == kind
 
-    blobs = [listed.SerializeToString(), revoked.SerializeToString(),
-             *(x.SerializeToString() for x in c.list_team_keys(include_revoked=True))]
-    body = key[len("sk-sw-"):]
+    blobs = [
+        listed.SerializeToString(),
+        revoked.SerializeToString(),
+        *(x.SerializeToString() for x in c.list_team_keys(include_revoked=True)),
+    ]
+    body = key[len("sk-sw-") :]
     assert all(body.encode() not in b for b in blobs)
     assert body not in caplog.text
 
@@ -171,8 +212,9 @@ def client_closed(closed_daemon: RunningDaemon) -> Iterator[AdminClient]:
         c.close()
 
 
-def test_watch_snapshot_then_deltas_with_budgets(client: AdminClient,
-                                                 admin_daemon: RunningDaemon) -> None:
+def test_watch_snapshot_then_deltas_with_budgets(
+    client: AdminClient, admin_daemon: RunningDaemon
+) -> None:
     b = client.set_budget("global", "daily", soft_usd=100)
     call = _watch(client)
     try:
@@ -204,8 +246,7 @@ def test_watch_snapshot_then_deltas_with_budgets(client: AdminClient,
     assert admin_daemon.ctx.stats.subscribers == 0  # the hub subscription was closed
 
 
-def test_watch_adds_the_ledger_of_earlier_runs(tmp_path: Path,
-                                               mem_keyring: MemoryKeyring) -> None:
+def test_watch_adds_the_ledger_of_earlier_runs(tmp_path: Path, mem_keyring: MemoryKeyring) -> None:
     first = RunningDaemon(tmp_path)
     try:
         assert _anthropic(first, session="old").status_code == 200
@@ -239,8 +280,7 @@ def test_rollups_after_traffic(client: AdminClient, admin_daemon: RunningDaemon)
     for _ in range(2):
         assert _anthropic(admin_daemon).status_code == 200
     admin_daemon.ledger_rows()  # let the flows close
-    for res in (stats_pb2.RESOLUTION_MINUTE, stats_pb2.RESOLUTION_HOUR,
-                stats_pb2.RESOLUTION_DAY):
+    for res in (stats_pb2.RESOLUTION_MINUTE, stats_pb2.RESOLUTION_HOUR, stats_pb2.RESOLUTION_DAY):
         series = client.get_rollups(res, since=time.time() - 2 * 86400)
         assert sum(r.totals.requests for r in series) == 2, res
         assert sum(r.totals.spend_usd for r in series) > 0
@@ -255,13 +295,28 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
-def test_cli_budget_and_teamkey_verbs(closed_daemon: RunningDaemon,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_budget_and_teamkey_verbs(
+    closed_daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
     dd = ("--data-dir", str(closed_daemon.daemon.data_dir))
     code, out, _ = _run(capsys, "budget", "ls", *dd)
     assert code == 0 and "no budgets" in out
-    code, out, _ = _run(capsys, "budget", "set", "--scope", "global", "--period", "monthly",
-                        "--soft", "5", "--hard", "10", "--tz", "Europe/Oslo", *dd)
+    code, out, _ = _run(
+        capsys,
+        "budget",
+        "set",
+        "--scope",
+        "global",
+        "--period",
+        "monthly",
+        "--soft",
+        "5",
+        "--hard",
+        "10",
+        "--tz",
+        "Europe/Oslo",
+        *dd,
+    )
     assert code == 0 and "monthly budget for all traffic" in out and "Europe/Oslo" in out
     bid = out.split(":", 1)[0]
     code, out, _ = _run(capsys, "budget", "ls", *dd)
@@ -269,8 +324,20 @@ def test_cli_budget_and_teamkey_verbs(closed_daemon: RunningDaemon,
     code, _, err = _run(capsys, "budget", "set", "--scope", "global", "--period", "daily", *dd)
     assert code == 1 and "soft or a hard" in err
 
-    code, out, err = _run(capsys, "teamkeys", "issue", "--name", "ci", "--owner", "ops",
-                          "--pools", "default,sim-gpt-cheap", "--expires", "30d", *dd)
+    code, out, err = _run(
+        capsys,
+        "teamkeys",
+        "issue",
+        "--name",
+        "ci",
+        "--owner",
+        "ops",
+        "--pools",
+        "default,sim-gpt-cheap",
+        "--expires",
+        "30d",
+        *dd,
+    )
     key = out.strip()
     assert code == 0 and key.startswith("sk-sw-") and "shown only once" in err
     assert "default, sim-gpt-cheap" in err
@@ -286,8 +353,9 @@ def test_cli_budget_and_teamkey_verbs(closed_daemon: RunningDaemon,
     assert _chat(closed_daemon, key).status_code == 401
     code, out, _ = _run(capsys, "teamkeys", "ls", "--all", *dd)
     assert "revoked" in out and key[6:] not in out
-    code, _, err = _run(capsys, "teamkeys", "issue", "--name", "x", "--owner", "y",
-                          "--expires", "soon", *dd)
+    code, _, err = _run(
+        capsys, "teamkeys", "issue", "--name", "x", "--owner", "y", "--expires", "soon", *dd
+    )
     assert code == 2 and "--expires" in err
 
     code, out, _ = _run(capsys, "budget", "rm", bid, *dd)

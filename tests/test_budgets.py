@@ -1,3 +1,8 @@
+"""Budgets on both backends (tests/support/backends.py): in memory over SQLite,
+shared in the database over PostgreSQL. Reserve-then-settle, hard limits under
+concurrency, local-midnight periods, spend reloaded from the ledger (crashes
+included) and pruning of past counters."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +11,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,12 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from switchman_daemon.budgets import BudgetExceeded, Budgets, estimate_usd, period_bounds
-from switchman_daemon.ledger import Ledger
+from switchman_daemon.jobs import JobRunner
+from switchman_daemon.ledger import Ledger, RequestClose, RequestOpen
 from switchman_daemon.ledger.schema import requests
 from switchman_daemon.models import Prices
+from switchman_daemon.store_tables import budget_counters, budget_holds
 
 NY = ZoneInfo("America/New_York")
 TOKYO = ZoneInfo("Asia/Tokyo")
+UTC = ZoneInfo("UTC")
 
 
 class Clock:
@@ -35,8 +42,10 @@ def ts(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0, tz: ZoneInf
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")  # creates the requests table
+def engine(db_url: str) -> Iterator[Engine]:
+    """The ledger's engine on each backend. On PostgreSQL, Budgets run in shared mode
+    (counters and holds in the database, as with several daemons)."""
+    ledger = Ledger(db_url)  # creates the requests table
     yield ledger.engine
     ledger.engine.dispose()
 
@@ -52,8 +61,13 @@ def add_row(
     with engine.begin() as conn:
         conn.execute(
             sa.insert(requests).values(
-                id=uuid.uuid4().hex, started_at=started_at, client_format="chat",
-                requested_model="m", status="ok", cost_usd=cost, team_key_id=key,
+                id=uuid.uuid4().hex,
+                started_at=started_at,
+                client_format="chat",
+                requested_model="m",
+                status="ok",
+                cost_usd=cost,
+                team_key_id=key,
                 session_id=session,
             )
         )
@@ -66,7 +80,9 @@ def test_period_bounds_local_midnight() -> None:
     assert end - start == 23 * 3600
     assert period_bounds("weekly", NY, now) == (ts(2026, 3, 2), ts(2026, 3, 9))  # Monday
     assert period_bounds("monthly", TOKYO, ts(2026, 12, 31, 23, tz=TOKYO)) == (
-        ts(2026, 12, 1, tz=TOKYO), ts(2027, 1, 1, tz=TOKYO))
+        ts(2026, 12, 1, tz=TOKYO),
+        ts(2027, 1, 1, tz=TOKYO),
+    )
     assert period_bounds("total", NY, now)[0] == 0.0
 
 
@@ -133,7 +149,7 @@ async def test_200_concurrent_asyncio_reservations(engine: Engine, actual_factor
     async def one() -> None:
         await asyncio.sleep(rng.random() / 1000)
         try:
-            r = b.reserve("tk1", None, EST)
+            r = await b.areserve("tk1", None, EST)  # the proxy's call
         except BudgetExceeded as e:
             refused.append(e)
             return
@@ -141,14 +157,15 @@ async def test_200_concurrent_asyncio_reservations(engine: Engine, actual_factor
         await asyncio.sleep(rng.random() / 1000)  # "forwarding"
         b.settle(r, EST * actual_factor)
 
-    await asyncio.gather(*(one() for _ in range(200)))
+    for _wave in range(2):  # the second wave starts once the first has settled
+        await asyncio.gather(*(one() for _ in range(100)))
     [row] = b.status()
     assert row["reserved_usd"] == pytest.approx(0.0)
     assert row["spent_usd"] <= LIMIT + EST  # the promise
     assert row["spent_usd"] <= LIMIT + 1e-9  # and, with actual <= estimate, no overspend
     if actual_factor == 1.0:
         assert len(admitted) == 76 and len(refused) == 124
-    else:  # settled requests free room for later ones
+    else:  # settled requests free room for later ones (at least the second wave's)
         assert len(admitted) > 76
         assert row["spent_usd"] == pytest.approx(len(admitted) * EST * actual_factor)
 
@@ -196,8 +213,9 @@ def test_spent_is_loaded_from_the_ledger(engine: Engine) -> None:
     b.set("global", "daily", hard_usd=10, timezone="America/New_York")
     b.set("global", "daily", hard_usd=100, timezone="UTC", name="utc")  # 23:59 NY is May 10 UTC
     b.set("team_key", "monthly", soft_usd=1, hard_usd=10)
-    spent = {(r["scope"], r["subject"], r["timezone"], r["period"]): r["spent_usd"]
-             for r in b.status()}
+    spent = {
+        (r["scope"], r["subject"], r["timezone"], r["period"]): r["spent_usd"] for r in b.status()
+    }
     assert spent[("team_key", "tk1", "America/New_York", "daily")] == 2.0
     assert spent[("global", None, "America/New_York", "daily")] == 5.0
     assert spent[("global", None, "UTC", "daily")] == 12.0
@@ -299,3 +317,132 @@ def test_forecast(engine: Engine) -> None:
 def test_estimate_is_an_upper_bound() -> None:
     p = Prices(input=3.0, output=15.0, cache_read=0.3, cache_write_5m=3.75, cache_write_1h=6.0)
     assert estimate_usd(100_000, 4_000, p) == pytest.approx(0.375 + 0.06)
+
+
+def test_a_restart_counts_what_a_crash_left_reserved(db_url: str) -> None:
+    """Requests in flight at a crash may have been billed: after the restart they
+    count their reserved estimate (SQLite: from their ledger rows; PostgreSQL: from
+    the holds the crashed daemon left), so the budget is not handed out twice."""
+    clock = Clock(ts(2026, 5, 10, 12))
+    led = Ledger(db_url)
+    led.start()
+    b = Budgets(led.engine, clock=clock, journal=led.hold)
+    b.set("global", "daily", hard_usd=1.0, timezone="America/New_York")
+    b.set("session", "daily", hard_usd=1.0, timezone="America/New_York")
+    for rid, est in (("done", 0.2), ("a", 0.3), ("b", 0.25)):
+        led.open(
+            RequestOpen(
+                id=rid,
+                started_at=clock.t,
+                client_format="chat",
+                requested_model="m",
+                session_id="s1",
+            )
+        )
+        r = b.reserve(None, "s1", est, request_id=rid)
+        if rid == "done":  # finished before the crash: counts its real cost only
+            b.settle(r, 0.1)
+            led.close(RequestClose(id=rid, ended_at=clock.t, cost_usd=0.1))
+    led.flush()
+    # kill -9: nothing settles "a" and "b"; the next process recovers their rows
+    again = Ledger(db_url)
+    assert again.recover_interrupted(before=clock.t + 1) == 2
+    rows = {r["id"]: r for r in again.rows()}
+    assert {k: (r["status"], r["reserved_usd"]) for k, r in rows.items()} == {
+        "done": ("ok", 0.2),
+        "a": ("interrupted", 0.3),
+        "b": ("interrupted", 0.25),
+    }
+    restarted = Budgets(again.engine, clock=clock)
+    for row in restarted.status():
+        assert row["spent_usd"] == pytest.approx(0.65) and row["reserved_usd"] == 0
+    with pytest.raises(BudgetExceeded):
+        restarted.reserve(None, "s1", 0.4)
+    restarted.reserve(None, "s1", 0.3)
+    led.stop()
+    again.stop()
+
+
+async def test_areserve_leaves_the_loop_only_on_a_shared_database(
+    engine: Engine, backend: str
+) -> None:
+    seen: list[tuple[str, float, int]] = []
+    b = Budgets(engine, journal=lambda rid, usd: seen.append((rid, usd, threading.get_ident())))
+    b.set("global", "daily", hard_usd=1.0)
+    r = await b.areserve(None, None, 0.4, request_id="r1")
+    assert [(rid, usd) for rid, usd, _ in seen] == [("r1", 0.4)]
+    # SQLite: in memory on the caller's thread (no hop); PostgreSQL: a worker thread
+    assert (seen[0][2] == threading.get_ident()) == (backend == "sqlite")
+    with pytest.raises(BudgetExceeded):
+        await b.areserve(None, None, 0.7, request_id="r2")
+    assert len(seen) == 1  # a refused reservation is not written to the ledger
+    b.settle(r, 0.25)
+    await b.areserve(None, None, 0.7, request_id="r3")
+    [row] = b.status()
+    assert row["spent_usd"] == pytest.approx(0.25) and row["reserved_usd"] == pytest.approx(0.7)
+
+
+def _counter_keys(engine: Engine) -> set[tuple[str, str, float]]:
+    with engine.connect() as conn:
+        return {
+            (bid, who, float(start))
+            for bid, who, start in conn.execute(
+                sa.select(
+                    budget_counters.c.budget_id,
+                    budget_counters.c.subject,
+                    budget_counters.c.period_start,
+                )
+            )
+        }
+
+
+def _hold_keys(engine: Engine) -> set[tuple[str, str, float]]:
+    with engine.connect() as conn:
+        return {
+            (bid, who, float(start))
+            for bid, who, start in conn.execute(
+                sa.select(
+                    budget_holds.c.budget_id, budget_holds.c.subject, budget_holds.c.period_start
+                )
+            )
+        }
+
+
+def test_retention_prunes_past_budget_counters(engine: Engine) -> None:
+    clock = Clock(ts(2026, 5, 10, 12, tz=UTC))
+    may10, may11 = ts(2026, 5, 10, tz=UTC), ts(2026, 5, 11, tz=UTC)
+    b = Budgets(engine, clock=clock, shared=True)  # counters in the database on both
+    day = b.set("global", "daily", hard_usd=10)
+    total = b.set("global", "total", hard_usd=100)
+    gone = b.set("session", "daily", hard_usd=10)
+    b.settle(b.reserve(None, "s1", 1), 1)
+    stuck = b.reserve(None, None, 2)  # still held when its day ends
+    assert b.remove(gone.id)
+    clock.t += 86400
+    b.settle(b.reserve(None, None, 1), 1)
+    assert _counter_keys(engine) == {
+        (day.id, "", may10),
+        (day.id, "", may11),
+        (total.id, "", 0.0),
+        (gone.id, "s1", may10),
+    }
+    runner = JobRunner(engine, None, clock=clock)
+    # May 10 ended only 12 hours ago (a day of grace); the removed budget's rows go
+    assert runner.retention() == 2
+    assert _counter_keys(engine) == {(day.id, "", may10), (day.id, "", may11), (total.id, "", 0.0)}
+    assert runner.retention() == -1  # once a day
+    clock.t += 86400
+    late = b.reserve(None, None, 0.5)  # in flight across the next prune
+    assert runner.retention() == 2  # May 10's counter and the hold left on it
+    assert _counter_keys(engine) == {
+        (day.id, "", may11),
+        (day.id, "", ts(2026, 5, 12, tz=UTC)),
+        (total.id, "", 0.0),
+    }
+    assert (day.id, "", may10) not in _hold_keys(engine)
+    b.settle(stuck, 0.0)  # its rows are gone: harmless
+    b.settle(late, 0.5)
+    by_id = {r["id"]: r for r in b.status()}
+    assert by_id[total.id]["spent_usd"] == pytest.approx(2.5)
+    assert by_id[total.id]["reserved_usd"] == 0
+    assert by_id[day.id]["spent_usd"] == pytest.approx(0.5)

@@ -12,14 +12,23 @@ it and checks:
   with tokens, except ones that finished inside the ledger's batch window
   (~50 ms, module docs of ledger/store.py) right before the kill; those are
   counted and reported, and must be few;
-- ``PRAGMA integrity_check`` is ``ok`` at the end.
+- budgets reflect reserved spend: every row of a request that reached the
+  provider carries the estimate reserved for it, and the restarted daemon's
+  budget counts the interrupted ones at that estimate (they may have been billed)
+  on top of the real cost of the finished ones;
+- ``PRAGMA integrity_check`` is ``ok`` at the end;
+- no configured provider key appears in anything the killed daemons left: their
+  stdout, stderr and log files (text on stderr for some runs, a log file for the
+  others) and the data directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -30,6 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
+
+from switchman_daemon.budgets import Budgets
+from switchman_daemon.ledger import Ledger
+from switchman_shared.admin_client import AdminClient
+from switchman_shared.proto_gen.switchman.v1 import providers_pb2
 
 ROUNDS = 3
 REQUESTS_PER_ROUND = 36
@@ -51,18 +66,71 @@ def _free_port() -> int:
 
 @dataclass
 class Sent:
+    sent_at: float = 0.0
     rid: str | None = None
     done_at: float | None = None  # client saw the terminal event
 
 
+@dataclass
+class Setup:
+    """What every daemon run shares: data dir, config with provider keys taken from
+    the environment, and a folder for each run's stdout, stderr and log file."""
+
+    data: Path
+    out: Path
+    config: Path
+    keys: dict[str, str]  # env var -> provider key
+    runs: int = 0
+
+
+def _setup(tmp_path: Path) -> Setup:
+    tag = secrets.token_hex(6)
+    keys = {
+        "SWITCHMAN_CRASH_ANTHROPIC_KEY": f"sk-ant-api03-CRASH{tag}-abcdefghijklmnop",
+        "SWITCHMAN_CRASH_OPENAI_KEY": f"sk-proj-CRASH{tag}-qrstuvwxyz0123456",
+    }
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[providers.sim-anthropic]\nkind = "anthropic"\nbase_url = "sim"\n'
+        'key = "env:SWITCHMAN_CRASH_ANTHROPIC_KEY"\n\n'
+        '[providers.sim-openai]\nkind = "openai"\nbase_url = "sim"\n'
+        'key = "env:SWITCHMAN_CRASH_OPENAI_KEY"\n'
+    )
+    st = Setup(tmp_path / "data", tmp_path / "out", config, keys)
+    st.out.mkdir()
+    return st
+
+
 class DaemonProcess:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, st: Setup) -> None:
         self.port = _free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "switchman_daemon.cli", "daemon", "--port", str(self.port),
-             "--data-dir", str(data_dir), "--sim-time-scale", "0.2", "--log-level", "warning"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        n = st.runs = st.runs + 1
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **st.keys}
+        env.pop("SWITCHMAN_LOG_FILE", None)
+        argv = [
+            sys.executable,
+            "-m",
+            "switchman_daemon.cli",
+            "daemon",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(st.data),
+            "--config",
+            str(st.config),
+            "--sim-time-scale",
+            "0.2",
+            "--log-level",
+            "info",
+        ]
+        if n % 2 == 0:  # every other run logs to a (rotating) file instead of stderr
+            argv += ["--log-file", str(st.out / f"daemon-{n}.log")]
+        with (
+            open(st.out / f"daemon-{n}.out", "wb") as out,
+            open(st.out / f"daemon-{n}.err", "wb") as err,
+        ):
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err)
+        self.stderr = st.out / f"daemon-{n}.err"
 
     @property
     def url(self) -> str:
@@ -72,7 +140,7 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {self.proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"daemon exited: {self.stderr.read_text()[-2000:]}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with session.get(self.url + "/healthz") as r:
                     if r.status == 200:
@@ -96,13 +164,13 @@ class DaemonProcess:
 
 async def _one(session: aiohttp.ClientSession, url: str, i: int, sent: Sent) -> None:
     if i % 2:
-        path, body = "/v1/messages", {"model": "sim-claude-mid", "max_tokens": 1024,
-                                      "stream": True}
+        path, body = "/v1/messages", {"model": "sim-claude-mid", "max_tokens": 1024, "stream": True}
         terminal = b"event: message_stop"
     else:
         path, body = "/v1/chat/completions", {"model": "sim-gpt-mid", "stream": True}
         terminal = b"data: [DONE]"
     body["messages"] = [{"role": "user", "content": f"crash round req {i} {LONG_REPLY}"}]
+    sent.sent_at = time.monotonic()
     with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
         async with session.post(url + path, json=body) as r:
             sent.rid = r.headers.get("x-request-id")
@@ -138,53 +206,124 @@ def _rows(db: Path) -> dict[str, dict]:
         con.close()
 
 
+def _charge(row: dict) -> float:
+    """What a budget must count for a ledger row: its real cost, or for a request
+    cut by the crash at least the estimate reserved before it went upstream."""
+    if row["status"] == "interrupted":
+        return max(row["cost_usd"], row["reserved_usd"] or 0.0)
+    return row["cost_usd"]
+
+
+def _check_budget(
+    data: Path, budget_id: str, rows: dict[str, dict], sent: list[Sent], killed_at: float
+) -> float:
+    """The restarted daemon's budget counts every request the crash cut at its
+    reserved estimate. Returns the reserved spend of all interrupted rows so far."""
+    by_rid = {s.rid: s for s in sent if s.rid is not None}
+    for rid, r in rows.items():
+        s = by_rid.get(rid)
+        if s is not None and r["reserved_usd"] is None:
+            # only a hold queued in the ledger's last batch window may be missing
+            assert killed_at - s.sent_at < WINDOW_S, f"request {rid} has no reserved estimate"
+    with AdminClient.connect(data) as client:
+        [st] = [x for x in client.budget_status() if x.budget.id == budget_id]
+    assert st.reserved_usd == 0  # nothing in flight right after the restart
+    assert st.spent_usd == pytest.approx(sum(_charge(r) for r in rows.values()), rel=1e-9)
+    cut = [r for r in rows.values() if r["status"] == "interrupted" and r["reserved_usd"]]
+    assert st.spent_usd > sum(r["cost_usd"] for r in rows.values())
+    return sum(r["reserved_usd"] for r in cut)
+
+
+def _scan_for_keys(st: Setup) -> None:
+    """No provider key in any run's output, log file or the data directory."""
+    blobs = {
+        str(p): p.read_bytes()
+        for d in (st.out, st.data)
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
+    logs = b"".join(b for name, b in blobs.items() if name.startswith(str(st.out)))
+    # not a vacuous scan: the runs did log, on stderr and in log files, and the
+    # restarts reported what they recovered
+    assert any(n.endswith(".log") and b for n, b in blobs.items())
+    assert any(n.endswith(".err") and b"->" in b for n, b in blobs.items())
+    assert b"interrupted" in logs
+    for key in st.keys.values():
+        for part in (key, key[6:-6]):  # also a truncated or re-wrapped copy
+            found = [name for name, b in blobs.items() if part.encode() in b]
+            assert not found, f"a provider key is in {found}"
+
+
 async def test_kill9_mid_stream_keeps_the_ledger_consistent(tmp_path: Path) -> None:
-    data = tmp_path / "data"
+    st = _setup(tmp_path)
+    data = st.data
     db = data / "ledger.db"
+    led = Ledger(f"sqlite:///{db}")  # a budget that covers everything, never binding
+    budget = Budgets(led.engine).set("global", "total", hard_usd=1e6).id
+    led.stop()
     report: list[str] = []
     timeout = aiohttp.ClientTimeout(total=20)
-    async with aiohttp.ClientSession(timeout=timeout,
-                                     connector=aiohttp.TCPConnector(limit=0)) as session:
-        d = DaemonProcess(data)
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+    ) as session:
+        d = DaemonProcess(st)
         try:
             await d.wait_ready(session)
+            with AdminClient.connect(data) as client:  # the configured keys are in use
+                providers = {p.name: p for p in client.list_providers()}
+            for name, var in (
+                ("sim-anthropic", "SWITCHMAN_CRASH_ANTHROPIC_KEY"),
+                ("sim-openai", "SWITCHMAN_CRASH_OPENAI_KEY"),
+            ):
+                k = providers[name].key
+                assert k.source == providers_pb2.KEY_SOURCE_ENV
+                assert k.fingerprint == hashlib.sha256(st.keys[var].encode()).hexdigest()[:12]
             for n in range(ROUNDS):
                 sent, killed_at = await _round(session, d)
-                d = DaemonProcess(data)  # restart: recover_interrupted runs before binding
+                d = DaemonProcess(st)  # restart: recover_interrupted runs before binding
                 await d.wait_ready(session)
                 rows = _rows(db)
                 done = [s for s in sent if s.done_at is not None]
                 cut = [s for s in sent if s.rid is not None and s.done_at is None]
                 assert done and cut, (
-                    f"round {n}: the kill should land mid-load "
-                    f"({len(done)} done, {len(cut)} cut)")
+                    f"round {n}: the kill should land mid-load ({len(done)} done, {len(cut)} cut)"
+                )
                 assert not [r for r in rows.values() if r["status"] == "open"]
                 lost = [s for s in done if s.rid not in rows or rows[s.rid]["status"] != "ok"]
                 for s in done:
                     if s in lost:
                         assert killed_at - s.done_at < WINDOW_S, (
                             f"a stream finished {killed_at - s.done_at:.3f} s before the "
-                            "kill has no ok row")
+                            "kill has no ok row"
+                        )
                         continue
                     r = rows[s.rid]
-                    assert r["output_tokens"] > 0 and r["input_tokens"] + r[
-                        "cache_read_tokens"] > 0 and r["ended_at"] is not None
+                    assert (
+                        r["output_tokens"] > 0
+                        and r["input_tokens"] + r["cache_read_tokens"] > 0
+                        and r["ended_at"] is not None
+                    )
                 cut_rows = [rows[s.rid] for s in cut if s.rid in rows]
                 # a stream that finished in the daemon a moment before the client saw it
                 # may be ok; anything else open at the kill is now interrupted
                 assert all(r["status"] in ("interrupted", "ok") for r in cut_rows)
                 interrupted = sum(r["status"] == "interrupted" for r in cut_rows)
                 assert interrupted > 0
-                report.append(f"round {n}: {len(done)} done ({len(lost)} lost in window), "
-                              f"{len(cut)} cut ({interrupted} interrupted, "
-                              f"{len(cut) - len(cut_rows)} without a row)")
+                held = _check_budget(data, budget, rows, sent, killed_at)
+                report.append(
+                    f"round {n}: {len(done)} done ({len(lost)} lost in window), "
+                    f"{len(cut)} cut ({interrupted} interrupted, "
+                    f"{len(cut) - len(cut_rows)} without a row); "
+                    f"budget counts ${held:.4f} reserved by interrupted requests "
+                    "so far"
+                )
         finally:
             d.terminate()
     con = sqlite3.connect(db)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert con.execute("SELECT COUNT(*) FROM requests WHERE status = 'open'"
-                           ).fetchone()[0] == 0
+        assert con.execute("SELECT COUNT(*) FROM requests WHERE status = 'open'").fetchone()[0] == 0
     finally:
         con.close()
+    _scan_for_keys(st)
     print("\n" + "\n".join(report))

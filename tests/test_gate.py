@@ -58,7 +58,8 @@ def test_issued_key_works_until_revoked_and_respects_pools(closed: RunningDaemon
                                   messages=[{"role": "user", "content": "x"}])
 
 
-def test_hard_budget_under_200_concurrent_requests(daemon: RunningDaemon) -> None:
+def test_hard_budget_under_200_concurrent_requests(backend_daemon: RunningDaemon) -> None:
+    daemon = backend_daemon  # SQLite, and PostgreSQL when configured
     limit = 0.05
     daemon.ctx.budgets.set("global", "daily", hard_usd=limit)
     body = json.dumps({"model": "sim-claude-strong", "max_tokens": 200, "messages": [
@@ -93,7 +94,8 @@ def test_hard_budget_under_200_concurrent_requests(daemon: RunningDaemon) -> Non
     assert b["spent_usd"] == pytest.approx(spent, rel=1e-6) and b["reserved_usd"] == 0
 
 
-def test_soft_budget_downgrades_routing(daemon: RunningDaemon) -> None:
+def test_soft_budget_downgrades_routing(backend_daemon: RunningDaemon) -> None:
+    daemon = backend_daemon  # SQLite, and PostgreSQL when configured
     daemon.ctx.budgets.set("global", "daily", soft_usd=0.0)
     r = httpx.post(daemon.url + "/v1/chat/completions", json={
         "model": "default", "messages": [{"role": "user", "content": "hello"}]}, timeout=10)

@@ -1,4 +1,7 @@
-"""Ledger against a real SQLite file: batching, recovery, WAL, export, totals."""
+"""The ledger on both backends (a real SQLite file, and a private schema on the
+real PostgreSQL server when SWITCHMAN_TEST_PG_URL is set; see tests/support/
+backends.py): batching, recovery, migrations, export, totals. WAL and pragmas are
+SQLite's own."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,26 +24,23 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from switchman_daemon.ledger import Ledger, RequestClose, RequestOpen
+from switchman_daemon.ledger import schema as ledger_schema
 from switchman_daemon.ledger.export import EXPORT_COLUMNS, export, parse_since
 from switchman_daemon.ledger.schema import SCHEMA_VERSION, SchemaVersionError, meta, requests
 from switchman_daemon.ledger.store import _UPDATE_CLOSE
 
 
-def _url(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "nested" / "dir" / "ledger.db"
-
-
-@pytest.fixture
-def ledger(db_path: Path):
-    led = Ledger(_url(db_path))
+def ledger(db_url: str) -> Iterator[Ledger]:
+    led = Ledger(db_url)
     led.start()
     yield led
     led.stop()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = sa.make_url(url)
+    return Path(parsed.database or "") if parsed.get_backend_name() == "sqlite" else None
 
 
 def _open(i: str, t: float, **kw) -> RequestOpen:
@@ -48,8 +49,9 @@ def _open(i: str, t: float, **kw) -> RequestOpen:
     return RequestOpen(**base)
 
 
-def test_round_trip_all_fields(ledger: Ledger, db_path: Path) -> None:
-    assert db_path.exists()  # parent folders were created
+def test_round_trip_all_fields(ledger: Ledger, db_url: str) -> None:
+    path = _sqlite_file(db_url)
+    assert path is None or path.exists()  # parent folders were created
     rid = str(uuid.uuid4())
     ledger.open(
         RequestOpen(
@@ -128,12 +130,13 @@ def test_round_trip_all_fields(ledger: Ledger, db_path: Path) -> None:
         "error": "upstream overloaded",
         "decision": row["decision"],
         "owner": "local",  # Ledger's default daemon-instance id
+        "reserved_usd": None,  # no budget reserved anything for it
     }
     assert json.loads(row["decision"]) == {"reasons": ["warm cache", "cheaper"], "score": 0.5}
 
 
-def test_open_and_close_in_one_batch(db_path: Path) -> None:
-    led = Ledger(_url(db_path))
+def test_open_and_close_in_one_batch(db_url: str) -> None:
+    led = Ledger(db_url)
     # Enqueued before the writer starts, so both land in the same batch.
     led.open(_open("a", 1.0, decision='{"raw": true}'))
     led.close(RequestClose(id="a", ended_at=2.0, output_tokens=7))
@@ -144,8 +147,8 @@ def test_open_and_close_in_one_batch(db_path: Path) -> None:
     led.stop()
 
 
-def test_many_threads_batched(db_path: Path) -> None:
-    led = Ledger(_url(db_path), max_batch=200)
+def test_many_threads_batched(db_url: str) -> None:
+    led = Ledger(db_url, max_batch=200)
     led.start()
     threads_n, per_thread = 8, 400
     barrier = threading.Barrier(threads_n)
@@ -181,6 +184,34 @@ def test_many_threads_batched(db_path: Path) -> None:
     led.stop()
 
 
+def test_hold_records_the_reserved_estimate(db_url: str) -> None:
+    led = Ledger(db_url)
+    # open + hold in one batch (the proxy's usual case): merged into the INSERT
+    led.open(_open("same", 1.0))
+    led.hold("same", 0.25)
+    led.start()
+    led.flush()
+    # a hold for a row committed earlier: an UPDATE
+    led.open(_open("later", 2.0))
+    led.flush()
+    led.hold("later", 0.5)
+    led.close(RequestClose(id="later", ended_at=3.0, cost_usd=0.125))
+    led.hold("ghost", 9.0)  # no such row (its open was lost): harmless
+    led.flush()
+    # a row another process opened (this one never saw it): the careful path
+    other = Ledger(db_url)
+    other.start()
+    other.hold("same", 0.75)
+    other.flush()
+    other.stop()
+    rows = {r["id"]: r for r in led.rows()}
+    assert set(rows) == {"same", "later"} and led.write_errors == 0
+    assert rows["same"]["reserved_usd"] == 0.75 and rows["same"]["status"] == "open"
+    assert (rows["later"]["reserved_usd"], rows["later"]["cost_usd"]) == (0.5, 0.125)
+    assert rows["later"]["status"] == "ok"
+    led.stop()
+
+
 _CRASHER = """
 import os, sys
 from switchman_daemon.ledger import Ledger, RequestOpen, RequestClose
@@ -195,11 +226,11 @@ os._exit(3)  # a crash: no stop(), no cleanup
 """
 
 
-def test_recover_interrupted_after_crash(db_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", _CRASHER, _url(db_path)], timeout=60)
+def test_recover_interrupted_after_crash(db_url: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", _CRASHER, db_url], timeout=60)
     assert proc.returncode == 3
 
-    led = Ledger(_url(db_path))
+    led = Ledger(db_url)
     led.start()
     led.open(_open("mine", time.time() + 1))  # this process's live request
     led.flush()
@@ -215,20 +246,22 @@ def test_recover_interrupted_after_crash(db_path: Path) -> None:
     led.stop()
 
 
-def test_abandoned_ledger_in_process(db_path: Path) -> None:
-    first = Ledger(_url(db_path))
+def test_abandoned_ledger_in_process(db_url: str) -> None:
+    first = Ledger(db_url)
     first.start()
     first.open(_open("x", 10.0))
     first.flush()
-    # `first` is abandoned without stop(); a new Ledger takes over the file.
-    second = Ledger(_url(db_path))
+    # `first` is abandoned without stop(); a new Ledger takes over the database.
+    second = Ledger(db_url)
     assert second.recover_interrupted() == 1
     assert second.rows()[0]["status"] == "interrupted"
     second.stop()
     first.engine.dispose()
 
 
-def test_wal_mode_and_pragmas(ledger: Ledger, db_path: Path) -> None:
+def test_wal_mode_and_pragmas(tmp_path: Path) -> None:
+    db_path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{db_path}")
     raw = sqlite3.connect(db_path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -237,16 +270,63 @@ def test_wal_mode_and_pragmas(ledger: Ledger, db_path: Path) -> None:
     with ledger.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+    ledger.stop()
 
 
-def test_schema_version_recorded_and_checked(db_path: Path) -> None:
-    led = Ledger(_url(db_path))
+def test_schema_version_recorded_and_checked(db_url: str) -> None:
+    led = Ledger(db_url)
     with led.engine.begin() as conn:
         assert conn.execute(sa.select(meta.c.value)).scalar_one() == str(SCHEMA_VERSION)
         conn.execute(sa.update(meta).values(value=str(SCHEMA_VERSION + 1)))
     led.stop()
     with pytest.raises(SchemaVersionError, match="newer"):
-        Ledger(_url(db_path))
+        Ledger(db_url)
+
+
+def _old_database(url: str, version: int) -> None:
+    """What an older release left: the columns of that schema version, one open row."""
+    later = {1: ("owner", "reserved_usd"), 2: ("reserved_usd",)}[version]
+    md = sa.MetaData()
+    sa.Table("requests", md, *(c._copy() for c in requests.columns if c.name not in later))
+    sa.Table("meta", md, *(c._copy() for c in meta.columns))
+    eng = ledger_schema.make_engine(url)
+    md.create_all(eng)
+    with eng.begin() as conn:
+        conn.execute(sa.insert(md.tables["meta"]).values(key="schema_version", value=str(version)))
+        conn.execute(
+            sa.insert(md.tables["requests"]).values(
+                id="old",
+                started_at=1.0,
+                client_format="anthropic",
+                requested_model="m",
+                status="open",
+            )
+        )
+    eng.dispose()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_migrates_older_schemas(db_url: str, version: int) -> None:
+    _old_database(db_url, version)
+    led = Ledger(db_url, owner="me")  # opening migrates
+    with led.engine.connect() as conn:
+        assert conn.execute(sa.select(meta.c.value)).scalar_one() == str(SCHEMA_VERSION)
+    insp = sa.inspect(led.engine)
+    assert {"owner", "reserved_usd"} <= {c["name"] for c in insp.get_columns("requests")}
+    assert "ix_requests_owner" in {i["name"] for i in insp.get_indexes("requests")}
+    # a pre-v2 row has no owner: the (single) daemon that upgraded recovers it
+    assert led.recover_interrupted() == 1
+    led.start()
+    led.open(_open("new", time.time()))
+    led.hold("new", 0.5)
+    led.flush()
+    rows = {r["id"]: r for r in led.rows()}
+    assert {k: (r["owner"], r["reserved_usd"]) for k, r in rows.items()} == {
+        "old": (None, None),  # written before v2 / v3: no owner, no estimate
+        "new": ("me", 0.5),
+    }
+    led.stop()
+    Ledger(db_url).stop()  # a second open finds the current version: no migration
 
 
 def _seed(led: Ledger) -> None:
@@ -304,7 +384,7 @@ def test_rows_since_limit_order(ledger: Ledger) -> None:
     assert [r["id"] for r in ledger.rows(since=1_790_000_000.0 - 86400.0)] == ["mid", "new"]
 
 
-def test_export_csv_round_trip(ledger: Ledger, db_path: Path) -> None:
+def test_export_csv_round_trip(ledger: Ledger, db_url: str) -> None:
     _seed(ledger)
     buf = io.StringIO()
     assert export(ledger, "csv", buf) == 3
@@ -329,7 +409,7 @@ def test_export_csv_round_trip(ledger: Ledger, db_path: Path) -> None:
 
     # `since` filters, and a URL works as well as a Ledger.
     buf = io.StringIO()
-    assert export(_url(db_path), "csv", buf, since=1_790_000_000.0) == 1
+    assert export(db_url, "csv", buf, since=1_790_000_000.0) == 1
     assert [r["id"] for r in csv.DictReader(io.StringIO(buf.getvalue()))] == ["new"]
 
 
@@ -387,9 +467,9 @@ def test_orphan_close_is_recorded(ledger: Ledger, caplog: pytest.LogCaptureFixtu
 
 
 def test_bad_record_does_not_sink_batch_or_thread(
-    db_path: Path, caplog: pytest.LogCaptureFixture
+    db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    led = Ledger(_url(db_path))
+    led = Ledger(db_url)
     led.open(_open("dup", 1.0))
     led.open(_open("dup", 2.0))  # duplicate primary key: this one must fail alone
     led.open(_open("fine", 3.0))
@@ -411,26 +491,26 @@ def test_bad_record_does_not_sink_batch_or_thread(
     led.stop()
 
 
-def test_stop_writes_pending_and_drops_after(db_path: Path) -> None:
-    led = Ledger(_url(db_path), batch_interval=10.0)  # only stop() can cut the window
+def test_stop_writes_pending_and_drops_after(db_url: str) -> None:
+    led = Ledger(db_url, batch_interval=10.0)  # only stop() can cut the window
     led.start()
     led.open(_open("p", 1.0))
     led.stop()
     led.open(_open("q", 2.0))  # after stop: dropped with a warning, never raises
-    check = Ledger(_url(db_path))
+    check = Ledger(db_url)
     assert [r["id"] for r in check.rows()] == ["p"]
     check.stop()
 
-    never_started = Ledger(_url(db_path))
+    never_started = Ledger(db_url)
     never_started.open(_open("r", 3.0))
     never_started.stop()  # writes what was queued even though start() was never called
-    check = Ledger(_url(db_path))
+    check = Ledger(db_url)
     assert [r["id"] for r in check.rows()] == ["p", "r"]
     check.stop()
 
 
-def test_flush_requires_running_writer(db_path: Path) -> None:
-    led = Ledger(_url(db_path))
+def test_flush_requires_running_writer(db_url: str) -> None:
+    led = Ledger(db_url)
     with pytest.raises(RuntimeError):
         led.flush()
     led.stop()

@@ -1,20 +1,22 @@
-"""Scale-out on PostgreSQL (issue #7 item 6): the ledger, migrations, shared
-budgets and team keys with several daemons on one database.
+"""Scale-out on PostgreSQL (issue #7 item 6): shared budgets and team keys with
+several daemons on one database, and reservations that wait for row locks off the
+event loop.
 
 Needs a server: ``SWITCHMAN_TEST_PG_URL`` (``.ci/run`` starts one with
 scripts/postgres.sh and ``make test`` reads the URL from .pg.env). Each test gets
-its own PostgreSQL schema, dropped afterwards. The SQLite half of the migration
-test always runs.
+its own PostgreSQL schema, dropped afterwards (``pg_url``, tests/support/
+backends.py). The ledger and budget suites (tests/test_ledger.py,
+tests/test_budgets.py) run on PostgreSQL as well as SQLite; this file holds what
+only a shared database has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,35 +26,11 @@ import pytest
 import sqlalchemy as sa
 
 from switchman_daemon import jobs
-from switchman_daemon.budgets import BudgetExceeded, Budgets
+from switchman_daemon.budgets import BudgetExceeded, Budgets, Reservation
 from switchman_daemon.ledger import Ledger, RequestClose
-from switchman_daemon.ledger import schema as ledger_schema
+from switchman_daemon.store_tables import budget_counters, budget_holds
 from tests import test_ledger
 from tests.support.running import RunningDaemon
-
-PG_URL = os.environ.get("SWITCHMAN_TEST_PG_URL", "")
-needs_pg = pytest.mark.skipif(
-    not PG_URL,
-    reason="SWITCHMAN_TEST_PG_URL is unset (run scripts/postgres.sh, or .ci/run)",
-)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL whose connections live in a fresh, private schema."""
-    if not PG_URL:
-        pytest.skip("SWITCHMAN_TEST_PG_URL is unset (run scripts/postgres.sh, or .ci/run)")
-    name = "t_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {name}"))
-    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={name}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {name} CASCADE"))
-        admin.dispose()
 
 
 @pytest.fixture
@@ -63,27 +41,25 @@ def ledger(pg_url: str) -> Iterator[Ledger]:
     led.stop()
 
 
-# The SQLite ledger tests that are not about SQLite itself, run against PostgreSQL
-# (the `ledger` fixture above replaces test_ledger's).
-test_pg_totals = test_ledger.test_totals
-test_pg_rows_since_limit_order = test_ledger.test_rows_since_limit_order
-test_pg_export_jsonl_round_trip = test_ledger.test_export_jsonl_round_trip
-test_pg_orphan_close_is_recorded = test_ledger.test_orphan_close_is_recorded
-
-
 def test_pg_round_trip_batches_and_threads(ledger: Ledger) -> None:
     assert ledger.engine.dialect.name == "postgresql"
     now = time.time()
     ledger.open(test_ledger._open("a", now, decision={"x": 1}, stream=True))
-    ledger.close(RequestClose(id="a", ended_at=now + 1, status="ok", cost_usd=0.25,
-                              input_tokens=7, http_status=200))  # same batch: one INSERT
+    ledger.close(
+        RequestClose(
+            id="a", ended_at=now + 1, status="ok", cost_usd=0.25, input_tokens=7, http_status=200
+        )
+    )  # same batch: one INSERT
 
     def worker(k: int) -> None:
         for i in range(50):
             rid = f"t{k}-{i}"
             ledger.open(test_ledger._open(rid, now + i))
-            ledger.close(RequestClose(id=rid, ended_at=now + i + 1, status="ok",
-                                      cost_usd=0.001, output_tokens=1))
+            ledger.close(
+                RequestClose(
+                    id=rid, ended_at=now + i + 1, status="ok", cost_usd=0.001, output_tokens=1
+                )
+            )
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
     for t in threads:
@@ -115,47 +91,6 @@ def test_pg_recover_touches_only_own_rows(pg_url: str) -> None:
     b.stop()
 
 
-def _v1_database(url: str) -> None:
-    """What a v1 release left: requests without ``owner``, schema_version 1."""
-    md = sa.MetaData()
-    cols = [c._copy() for c in ledger_schema.requests.columns if c.name != "owner"]
-    sa.Table("requests", md, *cols)
-    sa.Table("meta", md, *(c._copy() for c in ledger_schema.meta.columns))
-    eng = ledger_schema.make_engine(url)
-    md.create_all(eng)
-    with eng.begin() as conn:
-        conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('schema_version', '1')"))
-        conn.execute(sa.text(
-            "INSERT INTO requests (id, started_at, client, client_format, requested_model,"
-            " stream, status, input_tokens, cache_read_tokens, cache_write_tokens,"
-            " cache_write_1h_tokens, output_tokens, cost_usd, attempts) VALUES"
-            " ('old', 1.0, 'c', 'anthropic', 'm', false, 'open', 0, 0, 0, 0, 0, 0, 1)"))
-    eng.dispose()
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migration_v1_to_v2(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    url = (f"sqlite:///{tmp_path / 'ledger.db'}" if backend == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    _v1_database(url)
-    led = Ledger(url, owner="me")  # opening migrates
-    with led.engine.connect() as conn:
-        assert conn.execute(sa.text(
-            "SELECT value FROM meta WHERE key='schema_version'")).scalar_one() == "2"
-    assert "owner" in {c["name"] for c in sa.inspect(led.engine).get_columns("requests")}
-    assert "ix_requests_owner" in {i["name"] for i in sa.inspect(led.engine).get_indexes(
-        "requests")}
-    # a pre-v2 row has no owner: the (single) daemon that upgraded recovers it
-    assert led.recover_interrupted() == 1
-    led.start()
-    led.open(test_ledger._open("new", time.time()))
-    led.flush()
-    assert {r["id"]: r["owner"] for r in led.rows()} == {"old": None, "new": "me"}
-    led.stop()
-    assert Ledger(url).engine.dispose() is None  # a second open does not migrate again
-
-
-@needs_pg
 def test_shared_budget_reserve_is_atomic_across_instances(pg_url: str) -> None:
     """Two Budgets (two daemons) on one database, 8 threads each, against one hard
     limit: the holds in the database admit exactly floor(limit / estimate)."""
@@ -187,9 +122,137 @@ def test_shared_budget_reserve_is_atomic_across_instances(pg_url: str) -> None:
     led.stop()
 
 
+async def test_async_reservations_from_two_daemons_admit_exactly_the_limit(pg_url: str) -> None:
+    """The proxy's path (``areserve``, worker threads) keeps the same promise."""
+    led = Ledger(pg_url)
+    one, two = Budgets(led.engine, owner="d1"), Budgets(led.engine, owner="d2")
+    one.set("global", "total", hard_usd=1.0)
+    two.reload()
+    held: list[tuple[Budgets, Reservation]] = []
+
+    async def attempt(b: Budgets) -> None:
+        with contextlib.suppress(BudgetExceeded):
+            held.append((b, await b.areserve(None, None, 0.03)))
+
+    await asyncio.gather(*(attempt(b) for _ in range(25) for b in (one, two)))
+    assert len(held) == 33  # all 50 in flight at once: 33 * 0.03 <= 1.0 < 34 * 0.03
+    assert {b.owner for b, _ in held} == {"d1", "d2"}
+    (row,) = one.status()
+    assert row["reserved_usd"] == pytest.approx(0.99) and row["spent_usd"] == 0
+    for b, r in held:
+        b.settle(r, 0.03)
+    (row,) = two.status()
+    assert row["spent_usd"] == pytest.approx(0.99) and row["reserved_usd"] == pytest.approx(0)
+    led.stop()
+
+
+class _RowLock:
+    """Another daemon's transaction holding the budget counter rows (FOR UPDATE).
+    A timer releases them after ``valve_s`` in any case: if a reservation blocked
+    the event loop, the test itself could never release them."""
+
+    def __init__(self, engine: sa.Engine, valve_s: float = 15.0) -> None:
+        self.conn = engine.connect()
+        self.tx = self.conn.begin()
+        self.pid = self.conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        self.conn.execute(sa.select(budget_counters).with_for_update())
+        self._once = threading.Lock()
+        self._valve = threading.Timer(valve_s, self.release)
+        self._valve.start()
+
+    def release(self) -> None:
+        if self._once.acquire(blocking=False):
+            self._valve.cancel()
+            self.tx.rollback()
+            self.conn.close()
+
+    async def wait_for_waiter(self, engine: sa.Engine, timeout_s: float = 5.0) -> None:
+        """Poll, from the event loop, until some backend waits on our lock."""
+        stmt = sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with engine.connect() as conn:
+                if conn.execute(stmt, {"pid": self.pid}).scalar_one():
+                    return
+            assert time.monotonic() < deadline, "no reservation is waiting on the row lock"
+            await asyncio.sleep(0.01)
+
+
+async def test_a_reservation_waits_for_a_row_lock_off_the_event_loop(pg_url: str) -> None:
+    led = Ledger(pg_url)
+    b = Budgets(led.engine, owner="d1")
+    b.set("global", "total", hard_usd=1.0)
+    b.settle(b.reserve(None, None, 0.1), 0.1)  # the counter row exists
+    lock = _RowLock(led.engine)
+    try:
+        task = asyncio.create_task(b.areserve(None, None, 0.2))
+        # this coroutine keeps running while the reservation waits in PostgreSQL
+        await lock.wait_for_waiter(led.engine)
+        assert not task.done()
+    finally:
+        lock.release()
+    r = await task
+    (row,) = b.status()
+    assert row["reserved_usd"] == pytest.approx(0.2) and row["spent_usd"] == pytest.approx(0.1)
+    b.settle(r, 0.2)
+    led.stop()
+
+
+async def test_a_cancelled_reservation_is_released_once_it_lands(pg_url: str) -> None:
+    """A client that disconnects while its reservation waits on a lock: the
+    transaction still commits on the worker thread, and must then be undone."""
+    led = Ledger(pg_url)
+    booked = threading.Event()
+    b = Budgets(led.engine, owner="d1", journal=lambda rid, usd: booked.set())
+    b.set("global", "total", hard_usd=1.0)
+    b.settle(b.reserve(None, None, 0.1), 0.1)
+    lock = _RowLock(led.engine)
+    try:
+        task = asyncio.create_task(b.areserve(None, None, 0.5, request_id="gone"))
+        await lock.wait_for_waiter(led.engine)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        lock.release()
+    deadline = time.monotonic() + 10
+    while True:  # the worker books the hold, then the release settles it with 0
+        landed = booked.is_set()  # before reading: the hold may commit in between
+        (row,) = b.status()
+        if landed and row["reserved_usd"] == 0:
+            break
+        assert time.monotonic() < deadline, f"abandoned reservation still held: {row}"
+        await asyncio.sleep(0.02)
+    assert row["spent_usd"] == pytest.approx(0.1)
+    b.reserve(None, None, 0.9)  # all the room is back
+    led.stop()
+
+
+def test_a_restarted_daemon_turns_only_its_own_holds_into_spend(pg_url: str) -> None:
+    led = Ledger(pg_url)
+    one, two = Budgets(led.engine, owner="d1"), Budgets(led.engine, owner="d2")
+    one.set("global", "total", hard_usd=1.0)
+    two.reload()
+    one.reserve(None, None, 0.3)  # in flight when d1 is killed
+    live = two.reserve(None, None, 0.2)  # d2 keeps serving this one
+    restarted = Budgets(led.engine, owner="d1")
+    (row,) = restarted.status()
+    assert row["spent_usd"] == pytest.approx(0.3) and row["reserved_usd"] == pytest.approx(0.2)
+    with led.engine.connect() as conn:
+        owners = {o for (o,) in conn.execute(sa.select(budget_holds.c.owner))}
+    assert owners == {"d2"}
+    two.settle(live, 0.1)
+    (row,) = one.status()
+    assert row["spent_usd"] == pytest.approx(0.4) and row["reserved_usd"] == 0
+    led.stop()
+
+
 @pytest.fixture
-def pair(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-         ) -> Iterator[tuple[RunningDaemon, RunningDaemon]]:
+def pair(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RunningDaemon, RunningDaemon]]:
     """Two daemons (own data dir, loop, engine and instance id) on one database."""
     monkeypatch.setitem(jobs.DEFAULT_INTERVALS, "shared_reload", 1.0)
     ov = {"ledger": {"url": pg_url}, "daemon": {"local_open": False}}
@@ -206,9 +269,7 @@ def pair(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         a.stop()
 
 
-@needs_pg
-def test_two_daemons_one_budget_keys_and_spend(pair: tuple[RunningDaemon, RunningDaemon]
-                                               ) -> None:
+def test_two_daemons_one_budget_keys_and_spend(pair: tuple[RunningDaemon, RunningDaemon]) -> None:
     a, b = pair
     assert a.ctx.ledger.owner != b.ctx.ledger.owner
     info, key = a.ctx.teamkeys.issue("load", "ci")
@@ -219,17 +280,27 @@ def test_two_daemons_one_budget_keys_and_spend(pair: tuple[RunningDaemon, Runnin
         assert time.monotonic() < deadline, "daemon b never saw the key and budget"
         time.sleep(0.1)
 
-    body = json.dumps({"model": "sim-claude-strong", "max_tokens": 200, "messages": [
-        {"role": "user", "content": "write a long answer " * 200}]}).encode()
-    headers = {"content-type": "application/json", "anthropic-version": "2023-06-01",
-               "x-api-key": key}
+    body = json.dumps(
+        {
+            "model": "sim-claude-strong",
+            "max_tokens": 200,
+            "messages": [{"role": "user", "content": "write a long answer " * 200}],
+        }
+    ).encode()
+    headers = {
+        "content-type": "application/json",
+        "anthropic-version": "2023-06-01",
+        "x-api-key": key,
+    }
 
     async def fire() -> list[int]:
         async with aiohttp.ClientSession() as s:
+
             async def one(url: str) -> int:
                 async with s.post(url + "/v1/messages", data=body, headers=headers) as r:
                     await r.read()
                     return r.status
+
             return await asyncio.gather(*(one(d.url) for _ in range(60) for d in (a, b)))
 
     statuses = asyncio.run(fire())
@@ -253,8 +324,9 @@ def test_two_daemons_one_budget_keys_and_spend(pair: tuple[RunningDaemon, Runnin
     deadline = time.monotonic() + 3  # interval 1 s here (5 s by default)
     while True:
         try:
-            client.chat.completions.create(model="sim-gpt-cheap",
-                                           messages=[{"role": "user", "content": "x"}])
+            client.chat.completions.create(
+                model="sim-gpt-cheap", messages=[{"role": "user", "content": "x"}]
+            )
         except openai.AuthenticationError:
             break
         except openai.RateLimitError:  # budget exhausted: still authenticated

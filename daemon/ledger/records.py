@@ -1,4 +1,5 @@
-"""What the proxy hands the ledger: one record when a request starts, one when it ends.
+"""What the proxy hands the ledger: one record when a request starts, one when it ends,
+and (with budgets) one in between with the estimate reserved for it.
 
 Token fields follow ``switchman_daemon.protocol.ir.Usage``: the four input kinds are
 disjoint (``input_tokens`` is uncached and not written to cache; ``cache_write_tokens``
@@ -65,3 +66,13 @@ class RequestClose:
     error: str | None = None  # client-facing message only; never keys or upstream secrets
     # The decision as it ended (fallbacks append reasons); None keeps the open's.
     decision: str | Mapping[str, Any] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class RequestHold:
+    """The budget estimate reserved for a request before it went upstream. A request
+    that never closes (a crash) is charged this against budgets after the restart:
+    the provider may have billed it."""
+
+    id: str
+    reserved_usd: float

@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -53,6 +53,9 @@ requests = sa.Table(
     # v2: the daemon instance that opened the row, so with several daemons on one
     # database each recovers only its own interrupted requests. NULL = before v2.
     sa.Column("owner", sa.String, index=True),
+    # v3: the budget estimate reserved before the request went upstream; an
+    # "interrupted" row (no close, so no real cost) is charged this by budgets.
+    sa.Column("reserved_usd", sa.Double),
 )
 
 meta = sa.Table(
@@ -66,7 +69,6 @@ meta = sa.Table(
 REQUEST_COLUMNS: tuple[str, ...] = tuple(c.name for c in requests.columns)
 
 
-
 def _v1_to_v2(conn: Connection) -> None:
     """Add ``requests.owner`` (and its index) to a version-1 table."""
     conn.execute(sa.text("ALTER TABLE requests ADD COLUMN owner VARCHAR"))
@@ -75,10 +77,15 @@ def _v1_to_v2(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_requests_owner ON requests (owner)"))
 
 
+def _v2_to_v3(conn: Connection) -> None:
+    """Add ``requests.reserved_usd`` (NULL for older rows: nothing was recorded)."""
+    conn.execute(sa.text("ALTER TABLE requests ADD COLUMN reserved_usd DOUBLE PRECISION"))
+
+
 # from_version -> step that upgrades a connection's schema to from_version + 1.
 # Steps run in ensure_schema's transaction (PostgreSQL and SQLite both have
 # transactional DDL), so a failed step leaves the old version intact.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 class SchemaVersionError(RuntimeError):

@@ -1,11 +1,12 @@
 """The ledger: non-blocking enqueue on the hot path, batched writes on a thread.
 
-``open()``/``close()`` only put the record on a ``queue.SimpleQueue`` (a C-level
+``open()``/``hold()``/``close()`` only put the record on a ``queue.SimpleQueue`` (a C-level
 unbounded FIFO whose put never blocks), so the event loop never waits on the database. One
 writer thread wakes on the first queued record, lets a short window (50 ms) fill,
 then writes everything queued in transactions of at most 500 records: one
-executemany INSERT for the opens, then one executemany UPDATE for the closes, so an
-open and its close in the same batch both apply, open first.
+executemany INSERT for the opens, then executemany UPDATEs for the holds and the
+closes, so an open and its hold and close in the same batch all apply, open first
+(in practice they merge into the open's INSERT).
 
 Durability: a record is on disk once its batch commits, i.e. within ~50 ms plus the
 commit. A hard crash loses at most that window; ``recover_interrupted()`` then marks
@@ -26,7 +27,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .records import RequestClose, RequestOpen
+from .records import RequestClose, RequestHold, RequestOpen
 from .schema import REQUEST_COLUMNS, ensure_schema, make_engine, requests
 
 log = logging.getLogger("switchman.ledger")
@@ -53,6 +54,13 @@ _UPDATE_CLOSE = (
         }
     )
 )
+
+_UPDATE_HOLD = (
+    sa.update(requests)
+    .where(requests.c.id == sa.bindparam("b_id"))
+    .values(reserved_usd=sa.bindparam("b_reserved_usd", type_=requests.c.reserved_usd.type))
+)
+_UPDATE_HOLD_SQL = "UPDATE requests SET reserved_usd = ? WHERE id = ?"
 
 DEFAULT_OWNER = "local"
 
@@ -146,6 +154,15 @@ class Ledger:
             log.warning("ledger stopped; dropping open for request %s", rec.id)
             return
         self._put(rec)
+        if self._qsize() >= self.max_batch and not self._poke.is_set():
+            self._poke.set()
+
+    def hold(self, request_id: str, reserved_usd: float) -> None:
+        """Enqueue the budget estimate reserved for an open request (see
+        ``RequestHold``). Never blocks; safe from any thread."""
+        if self._stopped:
+            return
+        self._put(RequestHold(id=request_id, reserved_usd=reserved_usd))
         if self._qsize() >= self.max_batch and not self._poke.is_set():
             self._poke.set()
 
@@ -370,13 +387,26 @@ class Ledger:
         """Run the batch's statements; returns (opened ids, closed ids)."""
         opens: list[dict[str, Any]] = []
         closes: list[dict[str, Any]] = []
+        holds: list[dict[str, Any]] = []
         for rec in batch:
             if type(rec) is RequestOpen:
                 opens.append(_open_params(rec))
             elif type(rec) is RequestClose:
                 closes.append(_close_params(rec))
+            elif type(rec) is RequestHold:
+                holds.append({"b_id": rec.id, "b_reserved_usd": rec.reserved_usd})
             else:
-                raise TypeError(f"ledger got {type(rec).__name__}, not RequestOpen/RequestClose")
+                raise TypeError(f"ledger got {type(rec).__name__}, not a ledger record")
+        if holds and opens:  # the usual case: the hold follows its open within the batch
+            by_id = {p["id"]: p for p in opens}
+            rest = []
+            for h in holds:
+                o = by_id.get(h["b_id"])
+                if o is None:
+                    rest.append(h)
+                else:
+                    o["reserved_usd"] = h["b_reserved_usd"]
+            holds = rest
 
         if opens and closes:
             # A request that opened and closed within one batch (most short ones)
@@ -400,10 +430,14 @@ class Ledger:
         if opens:
             if self._insert_sql:
                 d = self._defaults
-                conn.exec_driver_sql(self._insert_sql, [
-                    tuple(p.get(k, d[k]) for k in REQUEST_COLUMNS) for p in opens])
+                conn.exec_driver_sql(
+                    self._insert_sql,
+                    [tuple(p.get(k, d[k]) for k in REQUEST_COLUMNS) for p in opens],
+                )
             else:
                 conn.execute(sa.insert(requests), [{**p, "owner": self.owner} for p in opens])
+        if holds:  # the open was committed earlier (or lost: then this updates nothing)
+            conn.execute(_UPDATE_HOLD, holds)
         if closes:
             opened_here = {p["id"] for p in opens}
             unknown = [
@@ -436,11 +470,20 @@ class Ledger:
         on a raw SQLite connection; None hands the batch to the general path."""
         opens: dict[str, RequestOpen] = {}
         closes: list[RequestClose] = []
+        held: dict[str, float] = {}  # holds of opens in this batch: merged into the INSERT
+        hold_updates: list[tuple[float, str]] = []
         for rec in batch:
             if type(rec) is RequestOpen:
                 opens[rec.id] = rec
             elif type(rec) is RequestClose:
                 closes.append(rec)
+            elif type(rec) is RequestHold:
+                if rec.id in opens:
+                    held[rec.id] = rec.reserved_usd
+                elif rec.id in self._known_open:
+                    hold_updates.append((rec.reserved_usd, rec.id))
+                else:
+                    return None
             else:
                 return None
         merged: dict[str, RequestClose] = {}
@@ -458,8 +501,15 @@ class Ledger:
         try:
             cur = conn.cursor()
             if opens:
-                cur.executemany(self._insert_sql, [
-                    _row_tuple(o, merged.get(o.id), self._defaults) for o in opens.values()])
+                cur.executemany(
+                    self._insert_sql,
+                    [
+                        _row_tuple(o, merged.get(o.id), self._defaults, held.get(o.id))
+                        for o in opens.values()
+                    ],
+                )
+            if hold_updates:
+                cur.executemany(_UPDATE_HOLD_SQL, hold_updates)
             if updates:
                 cur.executemany(_UPDATE_SQL, [_update_tuple(c) for c in updates])
             conn.commit()
@@ -495,20 +545,23 @@ def _open_params(rec: RequestOpen) -> dict[str, Any]:
     return params
 
 
+_HOLD_INDEX = REQUEST_COLUMNS.index("reserved_usd")
 _OPEN_SET = frozenset(_OPEN_FIELDS)
 _CLOSE_SET = frozenset(_CLOSE_FIELDS) - {"id"}
 _KEEP_SET = frozenset(_CLOSE_KEEP_IF_NONE)
 _UPDATE_COLS = [c for c in _CLOSE_FIELDS if c != "id"]
-_UPDATE_SQL = "UPDATE requests SET " + ", ".join(
-    f"{c} = COALESCE(?, {c})" if c in _KEEP_SET else f"{c} = ?" for c in _UPDATE_COLS
-) + " WHERE id = ?"
+_UPDATE_SQL = (
+    "UPDATE requests SET "
+    + ", ".join(f"{c} = COALESCE(?, {c})" if c in _KEEP_SET else f"{c} = ?" for c in _UPDATE_COLS)
+    + " WHERE id = ?"
+)
 
 
 def _row_tuple(
-    o: RequestOpen, c: RequestClose | None, defaults: dict[str, Any]
+    o: RequestOpen, c: RequestClose | None, defaults: dict[str, Any], hold: float | None
 ) -> tuple[Any, ...]:
-    """One INSERT row: the open's fields, overlaid by its close if it came in the
-    same batch (None keeps the open's value for the keep-if-None columns)."""
+    """One INSERT row: the open's fields, overlaid by its hold and close if they came
+    in the same batch (None keeps the open's value for the keep-if-None columns)."""
     out = []
     for col in REQUEST_COLUMNS:
         v: Any = defaults[col]
@@ -525,12 +578,15 @@ def _row_tuple(
         elif col == "stream":
             v = bool(v)
         out.append(v)
+    out[_HOLD_INDEX] = hold
     return tuple(out)
 
 
 def _update_tuple(c: RequestClose) -> tuple[Any, ...]:
-    return (*[_json(c.decision) if col == "decision" else getattr(c, col)
-              for col in _UPDATE_COLS], c.id)
+    return (
+        *[_json(c.decision) if col == "decision" else getattr(c, col) for col in _UPDATE_COLS],
+        c.id,
+    )
 
 
 def _close_params(rec: RequestClose) -> dict[str, Any]:

@@ -62,7 +62,8 @@ class Gate:
         elif chk.state == "hard":
             s.extra["budget_soft"] = True  # reserve() below gives the precise reason
 
-    def reserve(self, flow: Flow, team_key_id: str | None, body: dict[str, Any]) -> None:
+    async def reserve(self, flow: Flow, team_key_id: str | None, body: dict[str, Any]) -> None:
+        """Reserve the request's estimate (on a shared database, off the event loop)."""
         if not self.budgets.configured:
             return
         d = flow.decision
@@ -75,8 +76,8 @@ class Gate:
         if d.predicted_cost is not None:
             est = max(est, d.predicted_cost)
         try:
-            flow.notes["reservation"] = self.budgets.reserve(
-                team_key_id, flow.signals.session_id, est)
+            flow.notes["reservation"] = await self.budgets.areserve(
+                team_key_id, flow.signals.session_id, est, request_id=flow.id)
         except BudgetExceeded as e:
             raise ApiError(ErrorKind.budget_exceeded, f"budget exceeded: {e}",
                            retry_after=e.retry_after_s(time.time())) from None
