@@ -167,5 +167,146 @@ def test_cli_json(capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in out["results"]]
     assert names == ["always-strongest", "always-cheapest", "random", "cache-unaware",
-                     "switchman", "oracle"]
+                     "cache-unaware-sticky", "switchman", "switchman+keepalive", "oracle"]
+    assert out["tasks"]["task_set"] == "llmrouter" and out["tasks"]["tiers"]
+    assert out["quality_source"].startswith("recorded outcomes")
     assert {t["target"][:5] for t in out["targets"]}
+
+
+# -- tasks grounded in held-out outcome data --------------------------------------------
+
+needs_data = pytest.mark.skipif(not DATA.exists(), reason="shared data not present")
+
+
+@pytest.fixture(scope="module")
+def split_items():
+    from switchman_daemon.training import data as D
+
+    train, ev, _ = D.split(D.load_all(DATA))
+    return train, ev
+
+
+@needs_data
+def test_training_split_holds_no_eval_question(split_items) -> None:
+    """What `switchman train` fits on: no held-out id, no held-out question under
+    another data set's id; the shipped artifact was trained on exactly that split."""
+    from switchman_daemon.routing.quality import QualityModel
+    from switchman_daemon.training import data as D
+
+    train, ev = split_items
+    assert not [it for it in train if D.is_eval(it.qid)]
+    ev_stems = {D.stem(it.text) for it in ev}
+    assert not [it for it in train if D.stem(it.text) in ev_stems]
+    counts: dict[str, dict[str, int]] = {}
+    for name, rows in (("train", train), ("eval", ev)):
+        for it in rows:
+            counts.setdefault(it.dataset, {"train": 0, "eval": 0})[name] += 1
+    assert QualityModel.load().meta["counts"] == counts
+
+
+@needs_data
+@pytest.mark.parametrize("task_set", ["llmrouter", "llmrouter-code", "mmlu-pro"])
+def test_synthetic_tasks_are_held_out_questions(split_items, task_set) -> None:
+    from switchman_daemon.evaluation import tasks
+    from switchman_daemon.training import data as D
+
+    train, _ = split_items
+    train_qids = {(it.dataset, it.qid) for it in train}
+    train_stems = {D.stem(it.text) for it in train}
+    ts = tasks.load(task_set, tasks.pool_quality(replay.DEFAULT_POOL))
+    assert all(D.is_eval(q.qid) for q in ts.questions)
+    recs = synthetic.generate(6, seed=11, tasks=task_set)
+    firsts = [r for r in recs if r.outcomes]
+    assert len(firsts) == len({(r.session_id, r.task_id) for r in recs if r.role == "main"})
+    by_qid = {q.qid: q for q in ts.questions}
+    for r in firsts:
+        qid = r.extra["qid"]
+        assert D.is_eval(qid) and (ts.dataset, qid) not in train_qids
+        assert D.stem(r.task_text) not in train_stems
+        q = by_qid[qid]
+        assert r.task_text == q.text
+        # a tier's quality is its data-set counterpart's recorded score
+        assert r.outcomes == {p: q.scores[m] for p, m in ts.tiers.items()}
+
+
+@needs_data
+def test_tier_mapping_rule_on_training_split() -> None:
+    from switchman_daemon.evaluation import tasks
+
+    pq = tasks.pool_quality(replay.DEFAULT_POOL)
+    assert tasks.load("llmrouter", pq).tiers == {
+        "sim-claude-strong": "llama-3.1-nemotron-51b-instruct",
+        "sim-claude-mid": "llama-3.3-nemotron-super-49b-v1",
+        "sim-claude-cheap": "qwen2.5-7b-instruct"}
+    assert tasks.load("mmlu-pro", pq).tiers == {
+        "sim-claude-strong": "gpt-4o-2024-05-13",
+        "sim-claude-mid": "gemini-1.5-flash-002",
+        "sim-claude-cheap": "deepseek-chat-2024-05"}
+    # the rule itself: nearest relative ability, strongest first, no model twice
+    got = tasks.map_tiers({"a": 0.8, "b": 0.7, "c": 0.4, "d": 0.79},
+                          {"s": 1.0, "m": 0.99, "c": 0.5})
+    assert got == {"s": "a", "m": "d", "c": "c"}
+
+
+@needs_data
+def test_truth_uses_recorded_outcomes(predictor) -> None:
+    recs = synthetic.generate(2, seed=4)
+    prep = replay.prepare(recs)
+    truth = replay.Truth(prep, predictor)
+    assert truth.source == "recorded outcomes (llmrouter, eval split)"
+    env = replay.Env(replay.DEFAULT_POOL)
+    first = next(r for r in recs if r.outcomes)
+    p = next(q for q in prep if q.rec is first or (q.rec.session_id, q.rec.task_id) ==
+             (first.session_id, first.task_id))
+    for m in env.models:
+        assert truth(p, m) == first.outcomes[m.name]
+    odd = replay.Env(["sim-gpt-strong"]).models[0]
+    with pytest.raises(ValueError, match="same --pool"):
+        truth(p, odd)
+
+
+@needs_data
+def test_harness_is_deterministic() -> None:
+    from switchman_daemon.evaluation import harness
+
+    def once() -> dict:
+        recs = synthetic.generate(3, seed=9)
+        return harness.evaluate(recs, replay.DEFAULT_POOL, seed=9)
+
+    a, b = once(), once()
+    assert a == b
+    assert {r["name"] for r in a["results"]} >= {"switchman", "switchman+keepalive"}
+    ka = next(r for r in a["results"] if r["name"] == "switchman+keepalive")["keepalive"]
+    assert ka["refreshes"] + ka["declined"] > 0
+
+
+def test_keepalive_refresh_keeps_the_sim_cache_warm(predictor) -> None:
+    """One session, a 400 s pause after its first task: with a policy that has
+    seen such pauses, the refresh (a cache read) turns the return's re-write
+    into a read, and the refresh is billed."""
+    from switchman_daemon.evaluation.keepalive_sim import KeepAliveSim
+    from switchman_daemon.routing.keepalive import GapModel, KeepAlive
+
+    S = schema.TraceRecord
+    recs = [S("s", 0.0, 30_000, task_id="t0", new_tokens=30_000 - 20_000, output_tokens=50,
+              task_text="first"),
+            S("s", 10.0, 34_000, task_id="t0", new_tokens=4_000, output_tokens=50),
+            S("s", 410.0, 36_000, task_id="t1", new_tokens=2_000, output_tokens=50,
+              task_text="second")]
+    prep = replay.prepare(recs)
+    truth = replay.Truth(prep, predictor)
+
+    def go(ka):
+        env = replay.Env(["sim-claude-strong"], quality=predictor)
+        return replay.run(prep, replay.Strongest(), env, truth, keepalive=ka), env
+
+    gaps = GapModel()
+    for k in range(6):  # another session that came back ~400 s after each pause
+        gaps.turn("other", k * 400.0)
+    plain, _ = go(None)
+    kept, _ = go(KeepAliveSim(KeepAlive(gaps)))
+    # one before the return, one after the last turn (the trace's end is not known)
+    assert kept.keepalive["refreshes"] == 2
+    assert kept.keepalive["kept_warm"] == 1
+    assert kept.write_tokens < plain.write_tokens - 30_000  # the prefix was not re-written
+    assert kept.cost < plain.cost and kept.keepalive["cost"] > 0

@@ -165,3 +165,22 @@ def test_harder_looking_prompt_scores_lower_for_cheap_model() -> None:
         "A. 1/2\nB. 1\nC. 2\nD. 1/4\nE. 0\nF. 3/2\nG. 3/4\nH. pi\nI. e\nJ. 1/3\nAnswer:"
     )
     assert qm.predict_text(hard, cheap) < qm.predict_text(easy, cheap)
+
+
+def test_predictor_heads_use_the_named_data_model() -> None:
+    """A pool model that *is* a training-data model (switchman eval's tiers) is
+    predicted by that model's own head; others keep the catalog-level blend."""
+    from switchman_daemon.routing.quality_prior import QualityPredictor
+
+    qm = QualityModel.load()
+    key = "llmrouter/qwen2.5-7b-instruct"
+    tier = _model("sim-claude-cheap", 0.7, 5.0)
+    other = _model("sim-claude-mid", 0.88, 15.0)
+    pred = QualityPredictor(heads={tier.name: key, "gone": "llmrouter/no-such-model"})
+    text = "Write a function that returns the n-th Fibonacci number."
+    assert pred.predict(text, tier) == pytest.approx(
+        qm.predict_data_model(request_features(text), key))
+    assert pred.predict("", tier) == qm.train_acc[key]
+    assert pred.predict(text, other) == pytest.approx(qm.predict_text(text, other))
+    assert pred.predict(text, _model("gone", 0.5, 1.0)) == pytest.approx(
+        qm.predict_text(text, _model("gone", 0.5, 1.0)))

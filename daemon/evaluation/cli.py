@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from switchman_daemon.evaluation.replay import DEFAULT_POOL
+from switchman_daemon.evaluation.tasks import DEFAULT_POOL, DEFAULT_TASK_SET, TASK_SETS
 
 
 def add_eval_parser(sub: Any) -> None:
@@ -19,11 +19,18 @@ def add_eval_parser(sub: Any) -> None:
     src.add_argument("--traces", default=None,
                      help="trace JSONL (schema: switchman_daemon.evaluation.schema)")
     src.add_argument("--synthetic", type=int, default=None, metavar="N",
-                     help="N synthetic sessions (default 24)")
+                     help="N synthetic sessions (default 96: ~470 tasks, enough that "
+                          "quality gaps of a few points are not task sampling)")
     src.add_argument("--convert", nargs=2, metavar=("KIND", "PATH"),
                      help="convert tracelab|tracelab-csv|aider|swe-agent|ledger data at PATH")
     e.add_argument("--sessions", type=int, default=None, help="synthetic session count")
     e.add_argument("--seed", type=int, default=7)
+    e.add_argument("--tasks", choices=TASK_SETS, default=DEFAULT_TASK_SET,
+                   help="synthetic tasks: held-out questions of an outcome data set with "
+                        "their recorded outcomes per pool tier, or 'templates' (made-up "
+                        f"tasks, assumed success curve); default {DEFAULT_TASK_SET}")
+    e.add_argument("--data-dir", type=Path, default=None,
+                   help="outcome data sets (default $SWITCHMAN_DATA_SETS or ../shared/data)")
     e.add_argument("--pool", default=",".join(DEFAULT_POOL),
                    help="comma-separated pool models (strong,mid,cheap)")
     e.add_argument("--objective", default=None,
@@ -43,8 +50,13 @@ def _records(args: argparse.Namespace) -> list[Any]:
     if args.convert:
         kind, path = args.convert
         return converters.convert(kind, Path(path))
-    n = args.synthetic or args.sessions or 24
-    return synthetic.generate(n, args.seed)
+    n = args.synthetic or args.sessions or synthetic.DEFAULT_SESSIONS
+    return synthetic.generate(n, args.seed, tasks=args.tasks, pool=_pool(args),
+                              data_dir=args.data_dir)
+
+
+def _pool(args: argparse.Namespace) -> list[str]:
+    return [m.strip() for m in args.pool.split(",") if m.strip()]
 
 
 def eval_main(args: argparse.Namespace) -> int:
@@ -69,7 +81,7 @@ def eval_main(args: argparse.Namespace) -> int:
             print("switchman eval: --objective wants cost,quality,latency", file=sys.stderr)
             return 2
         objective = {"cost": c, "quality": q, "latency": lat}
-    pool = [m.strip() for m in args.pool.split(",") if m.strip()]
+    pool = _pool(args)
     out = harness.evaluate(records, pool, objective=objective,
                            sweep=bool(args.sweep or args.plot), seed=args.seed)
     if args.plot:

@@ -27,8 +27,10 @@ from typing import Any, Protocol
 import orjson
 
 from switchman_daemon.config import load_config, merge
+from switchman_daemon.evaluation.keepalive_sim import KeepAliveSim
 from switchman_daemon.evaluation.schema import TraceRecord
 from switchman_daemon.evaluation.synthetic import success_prob
+from switchman_daemon.evaluation.tasks import DEFAULT_POOL as DEFAULT_POOL
 from switchman_daemon.models import ModelInfo, ModelRegistry
 from switchman_daemon.protocol.ir import Usage
 from switchman_daemon.routing.prefix import build_chain
@@ -42,7 +44,6 @@ from switchman_shared.catalog import CatalogModel, load_catalog
 from switchman_shared.config_schema import Config
 
 POOL = "eval"
-DEFAULT_POOL = ("sim-claude-strong", "sim-claude-mid", "sim-claude-cheap")
 _M = 1_000_000.0
 
 
@@ -308,11 +309,17 @@ class Env:
     """Everything one strategy run needs: a fresh clock, sim cache and models."""
 
     def __init__(self, pool: Sequence[str], objective: dict[str, float] | None = None,
-                 quality: QualityPredictor | None = None, base: Config | None = None) -> None:
+                 quality: QualityPredictor | None = None, base: Config | None = None,
+                 keepalive: bool | None = None) -> None:
         self.pool = list(pool)
         over: dict[str, Any] = {"pools": {POOL: {"models": self.pool}}}
+        routing: dict[str, Any] = {}
         if objective:
-            over["routing"] = {"objective": objective}
+            routing["objective"] = objective
+        if keepalive is not None:
+            routing["keepalive"] = keepalive
+        if routing:
+            over["routing"] = routing
         if base is None:
             self.config = load_config(None, overrides=over)
         else:
@@ -408,7 +415,8 @@ class RandomPick(_StickyBase):
 class BlindTracker(CacheTracker):
     """A tracker that never knows anything warm: the cache-unaware ablation.
     It still records usage (learned minimum prefixes), but reports no warm
-    tokens and no session (so no stickiness and no compaction pinning)."""
+    tokens and no session (so no stickiness and no compaction pinning): each
+    request is routed on its own, as per-request routers do."""
 
     def warm_tokens(self, sid: str, model: str, chain: Any, now: float | None = None) -> int:
         return 0
@@ -417,12 +425,24 @@ class BlindTracker(CacheTracker):
         return None
 
 
+class ColdTracker(CacheTracker):
+    """The milder ablation: sessions, tasks and compaction pinning as usual,
+    but every candidate is priced as if its cache were cold, so a new task
+    may move the session without counting the re-write."""
+
+    def warm_tokens(self, sid: str, model: str, chain: Any, now: float | None = None) -> int:
+        return 0
+
+
 class RouterStrategy:
     """Switchman's Router, unmodified, fed by the replay's bodies and usage."""
 
-    def __init__(self, env: Env, name: str = "switchman", *, cache_aware: bool = True) -> None:
+    def __init__(self, env: Env, name: str = "switchman", *, cache_aware: bool = True,
+                 sticky: bool = False) -> None:
+        """``cache_aware=False``: a per-request router (``BlindTracker``), or
+        with ``sticky`` one that keeps sessions and tasks (``ColdTracker``)."""
         self.name = name
-        tracker_cls = CacheTracker if cache_aware else BlindTracker
+        tracker_cls = CacheTracker if cache_aware else ColdTracker if sticky else BlindTracker
         self.router = Router(env.config, env.registry, tracker=tracker_cls(clock=env.clock),
                              quality=env.quality)
         self._decision: Any = None
@@ -446,6 +466,15 @@ class RouterStrategy:
         usage = Usage(input_tokens=sv.uncached, output_tokens=sv.output,
                       cache_read_tokens=sv.read, cache_write_tokens=sv.write)
         self.router.observe(s, ch, m, usage, sv.ttfb_ms, sv.latency_ms)
+
+    def refreshed(self, p: Prepared, env: Env, m: ModelInfo, sv: Served) -> None:
+        """A keep-alive refresh was billed: the tracker's entry is warm again
+        (not a turn: no session trend, no latency sample)."""
+        usage = Usage(input_tokens=sv.uncached, output_tokens=sv.output,
+                      cache_read_tokens=sv.read, cache_write_tokens=sv.write)
+        self.router.tracker.observe(p.signals.cache_session, m.name, m.min_cache_prefix,
+                                    build_chain("anthropic", p.body), usage,
+                                    caching_expected=True, update_session=False)
 
 
 class Oracle(_StickyBase):
@@ -507,53 +536,105 @@ class RunResult:
     objective: dict[str, float] | None = None
     quality_source: str = "ground truth"
     decisions: dict[str, int] | None = None
+    keepalive: dict[str, float] | None = None  # refreshes, declined, kept_warm, cost
+    per_task: dict[str, float] = field(default_factory=dict)  # task -> quality (not in JSON)
+    quality_se: float | None = None  # SE of (quality - a reference's), paired over tasks
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        del d["per_task"]
+        if d["quality_se"] is None:
+            del d["quality_se"]
+        else:
+            d["quality_se"] = round(d["quality_se"], 4)
         for k in ("cost", "quality", "cache_hit", "latency_p50", "latency_p95"):
             d[k] = round(d[k], 6 if k == "cost" else 4)
         return d
 
 
 class Truth:
-    """Per-task success probability: ground truth from ``difficulty`` when the
-    trace has it, else the quality predictor's estimate on the task's text."""
+    """Per-task quality of a model: the trace's recorded outcome for that model
+    when it has one (real held-out questions, ``evaluation.tasks``), else ground
+    truth from ``difficulty`` (made-up tasks), else the quality predictor's
+    estimate on the task's text (traces without outcomes)."""
 
     def __init__(self, prepared: Sequence[Prepared], predictor: QualityPredictor) -> None:
         self.predictor = predictor
-        self.task_info: dict[str, tuple[float | None, str]] = {}
+        self.task_info: dict[str, tuple[float | None, str, dict[str, float] | None]] = {}
+        sets: set[str] = set()
         for p in prepared:
             key = f"{p.rec.session_id}|{p.rec.task_id}"
-            d, text = self.task_info.get(key, (None, ""))
+            d, text, oc = self.task_info.get(key, (None, "", None))
             if d is None and p.rec.difficulty is not None:
                 d = p.rec.difficulty
             if not text and p.rec.task_text and p.rec.role == "main":
                 text = p.rec.task_text
-            self.task_info[key] = (d, text)
-        self.estimated = any(d is None for d, _ in self.task_info.values())
+            if oc is None and p.rec.outcomes:
+                oc = p.rec.outcomes
+                sets.add(str(p.rec.extra.get("task_set") or "trace"))
+            self.task_info[key] = (d, text, oc)
+        kinds = {"recorded" if oc is not None else "truth" if d is not None else "estimate"
+                 for d, _, oc in self.task_info.values()}
+        self.estimated = "estimate" in kinds
+        if kinds == {"recorded"}:
+            self.source = f"recorded outcomes ({', '.join(sorted(sets))}, eval split)"
+        elif kinds == {"truth"}:
+            self.source = "ground truth"
+        elif kinds == {"estimate"}:
+            self.source = "predictor estimate"
+        else:
+            self.source = "mixed: " + ", ".join(sorted(kinds))
 
     def __call__(self, p: Prepared, m: ModelInfo) -> float:
-        d, text = self.task_info[f"{p.rec.session_id}|{p.rec.task_id}"]
+        d, text, oc = self.task_info[f"{p.rec.session_id}|{p.rec.task_id}"]
+        if oc is not None:
+            if m.name not in oc:
+                raise ValueError(f"task {p.rec.task_id!r} has recorded outcomes for "
+                                 f"{sorted(oc)}, not {m.name!r}: generate the traces for "
+                                 "the same --pool")
+            return oc[m.name]
         if d is not None:
             return success_prob(d, m.quality)
         return self.predictor.predict(text, m)
 
 
+def predictor_for(records: Sequence[TraceRecord]) -> QualityPredictor:
+    """The router's quality predictor for these traces: when their tasks come
+    from an outcome data set, each pool model is predicted with the learned
+    head of its data-set counterpart (``extra.heads``), as a deployment whose
+    pool models are in the training data would be."""
+    heads: dict[str, str] = {}
+    for r in records:
+        h = r.extra.get("heads") if r.extra else None
+        if isinstance(h, dict):
+            heads.update({str(k): str(v) for k, v in h.items()})
+    return QualityPredictor(heads=heads)
+
+
 def run(prepared: Sequence[Prepared], strategy: Strategy, env: Env, truth: Truth,
-        objective: dict[str, float] | None = None) -> RunResult:
+        objective: dict[str, float] | None = None,
+        keepalive: KeepAliveSim | None = None) -> RunResult:
     """Replay every record under ``strategy``; quality = mean over tasks of the
-    call-weighted true success probability of the models that served the task's
-    main-loop and sub-agent calls (utility and compaction calls excluded)."""
+    call-weighted quality (``truth``) of the models that served the task's
+    main-loop and sub-agent calls (utility and compaction calls excluded).
+    Cache keep-alive runs when ``keepalive`` is given or the env's config has
+    ``routing.keepalive`` on; its refreshes are part of the cost."""
+    if keepalive is None and env.config.routing.keepalive:
+        keepalive = KeepAliveSim()
     cost = 0.0
     read = prompt = write = 0
     lats: list[float] = []
     models: dict[str, int] = {}
     task_q: dict[str, list[float]] = {}
     for p in prepared:
+        if keepalive is not None:
+            cost += keepalive.advance(p.rec.t, env, strategy)
         env.clock.now = p.rec.t
         m = strategy.choose(p, env)
         sv = env.sim.serve(m, p)
         strategy.observe(p, env, m, sv)
+        if keepalive is not None:
+            keepalive.served(p, m, sv)
         cost += sv.cost
         read += sv.read
         write += sv.write
@@ -562,16 +643,33 @@ def run(prepared: Sequence[Prepared], strategy: Strategy, env: Env, truth: Truth
         models[m.name] = models.get(m.name, 0) + 1
         if p.rec.role in ("main", "subagent"):
             task_q.setdefault(f"{p.rec.session_id}|{p.rec.task_id}", []).append(truth(p, m))
-    q = statistics.fmean(statistics.fmean(v) for v in task_q.values()) if task_q else 0.0
+    if keepalive is not None:
+        cost += keepalive.finish(env, strategy)
+    per_task = {k: statistics.fmean(v) for k, v in task_q.items()}
+    q = statistics.fmean(per_task.values()) if per_task else 0.0
     lats.sort()
     dec = None
     if isinstance(strategy, RouterStrategy):
         dec = {}
         for h in strategy.decisions:
             dec[h] = dec.get(h, 0) + 1
-    return RunResult(strategy.name, cost, q, read / prompt if prompt else 0.0, write,
-                     _pct(lats, 0.5), _pct(lats, 0.95), len(prepared), models, objective,
-                     "predictor estimate" if truth.estimated else "ground truth", dec)
+    res = RunResult(strategy.name, cost, q, read / prompt if prompt else 0.0, write,
+                    _pct(lats, 0.5), _pct(lats, 0.95), len(prepared), models, objective,
+                    truth.source, dec, per_task=per_task)
+    if keepalive is not None:
+        res.keepalive = {"refreshes": keepalive.refreshes, "declined": keepalive.declined,
+                         "kept_warm": keepalive.kept, "cost": round(keepalive.cost, 6)}
+    return res
+
+
+def paired_se(a: RunResult, ref: RunResult) -> float | None:
+    """Standard error of ``a.quality - ref.quality``, paired over their tasks
+    (both ran the same traces): how much of a quality gap is task sampling."""
+    keys = a.per_task.keys() & ref.per_task.keys()
+    if len(keys) < 2:
+        return None
+    d = [a.per_task[k] - ref.per_task[k] for k in keys]
+    return statistics.stdev(d) / len(d) ** 0.5
 
 
 def _pct(xs: list[float], q: float) -> float:

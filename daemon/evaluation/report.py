@@ -17,26 +17,39 @@ def markdown(out: dict[str, Any]) -> str:
     res = out["results"]
     strong = next(r for r in res if r["name"] == "always-strongest")
     lines = [
-        "| strategy | cost $ | vs strongest | quality | quality vs strongest | cache-hit | "
+        "| strategy | cost $ | vs strongest | quality | quality vs strongest (± SE) | cache-hit | "
         "latency p50 / p95 (s) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res:
         lines.append(
             f"| {r['name']} | {r['cost']:.2f} | {100 * (r['cost'] / strong['cost'] - 1):+.1f}% "
-            f"| {r['quality']:.4f} | {100 * r['quality'] / strong['quality']:.1f}% "
+            f"| {r['quality']:.4f} | {100 * r['quality'] / strong['quality']:.1f}%{_se(r, strong)} "
             f"| {100 * r['cache_hit']:.1f}% | {r['latency_p50'] / 1000:.1f} / "
             f"{r['latency_p95'] / 1000:.1f} |")
     tr = out["traces"]
     head = (f"{tr['sessions']} sessions, {tr['calls']} calls ({tr['calls_per_session']}/session), "
-            f"{tr['prompt_tokens_per_call']:,} prompt tokens/call, "
+            f"{tr['tasks']} tasks, {tr['prompt_tokens_per_call']:,} prompt tokens/call, "
             f"{tr['output_tokens_per_call']} output tokens/call; pool {', '.join(out['pool'])}; "
             f"objective {out['objective']}; quality = {out['quality_source']}.")
-    checks = ["", "Targets:"]
+    tk = out.get("tasks") or {}
+    if tk.get("tiers"):
+        head += " Tiers: " + ", ".join(f"{p} = {k.split('/', 1)[-1]}"
+                                        for p, k in tk["tiers"].items()) + "."
+    notes = [f"{r['name']}: {k['refreshes']} keep-alive refreshes (${k['cost']:.2f}, "
+             f"included); {k['kept_warm']} returns found the cache warm thanks to them; "
+             f"{k['declined']} declined by the expected-value gate"
+             for r in res if (k := r.get("keepalive"))]
+    checks = ["", *notes, "", "Targets:"]
     for c in out["targets"]:
         extra = ", ".join(f"{k}={v}" for k, v in c.items() if k not in ("target", "pass"))
         checks.append(f"- {'PASS' if c['pass'] else 'FAIL'}: {c['target']} ({extra})")
     return "\n".join([head, "", *lines, *checks])
+
+
+def _se(r: dict[str, Any], strong: dict[str, Any]) -> str:
+    se = r.get("quality_se")
+    return f" ± {100 * se / strong['quality']:.1f}" if se is not None and strong["quality"] else ""
 
 
 def plot(out: dict[str, Any], path: str | Path) -> str:
@@ -55,17 +68,20 @@ def plot(out: dict[str, Any], path: str | Path) -> str:
     except ImportError:
         _png_plot(series, points, Path(path))
         return "stdlib"
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for name, pts in series.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=f"{name} sweep")
-    for name, (x, y) in points.items():
-        ax.scatter([x], [y], marker="s", zorder=3)
-        ax.annotate(name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    # single runs: a marker each, named in the legend (labels on the points collide)
+    marks = "sDv^P*XhpH"
+    for k, (name, (x, y)) in enumerate(points.items()):
+        ax.scatter([x], [y], marker=marks[k % len(marks)], s=36, zorder=3, edgecolors="black",
+                   linewidths=0.5, label=name)
     ax.set_xlabel("cost relative to always-strongest")
-    ax.set_ylabel("mean task success probability")
+    ax.set_ylabel("mean task quality (recorded outcome)" if out.get("quality_source", "")
+                  .startswith("recorded") else "mean task success probability")
     ax.set_title("Switchman eval: cost-quality Pareto")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -35,6 +35,13 @@ the defaults shown):
     Ground-truth task difficulty (synthetic data only); it defines each model's
     true success probability. Without it, quality falls back to the predictor's
     estimate (reported as such).
+``outcomes`` (``{model: score}`` | null)
+    Recorded quality of this task per pool model (score in [0, 1], e.g. whether
+    the data model standing in for that pool model answered the held-out question
+    correctly). Set on one record of the task; takes precedence over
+    ``difficulty``. ``extra`` then carries its provenance (``task_set``,
+    ``dataset``, ``qid``) and ``heads``: pool model -> the quality predictor's
+    head for its data-set counterpart.
 ``tools`` (bool, default true)
     The request carries tool definitions.
 ``source`` (str, default ``""``)
@@ -66,6 +73,7 @@ class TraceRecord:
     output_tokens: int = 0
     task_text: str = ""
     difficulty: float | None = None
+    outcomes: dict[str, float] | None = None
     tools: bool = True
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -73,7 +81,7 @@ class TraceRecord:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         # keep lines short: drop defaults that carry no information
-        for k in ("agent_id", "new_tokens", "segments", "difficulty"):
+        for k in ("agent_id", "new_tokens", "segments", "difficulty", "outcomes"):
             if d[k] is None:
                 del d[k]
         for k in ("task_text", "source"):
@@ -102,6 +110,8 @@ class TraceRecord:
             output_tokens=int(d.get("output_tokens") or 0),
             task_text=str(d.get("task_text") or ""),
             difficulty=None if d.get("difficulty") is None else float(d["difficulty"]),
+            outcomes={str(k): float(v) for k, v in d["outcomes"].items()}
+            if d.get("outcomes") else None,
             tools=bool(d.get("tools", True)),
             source=str(d.get("source") or ""),
             extra=dict(d.get("extra") or {}),

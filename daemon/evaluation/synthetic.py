@@ -8,17 +8,23 @@ with their own prefix, utility calls (titles), a compaction when the context
 passes a per-session threshold (history replaced by a summary), and idle gaps
 between tasks, some longer than the 5-minute cache TTL.
 
-Task difficulty (0..1) is ground truth: it sets each model's true success
-probability (``success_prob``). The task text is drawn from templates whose
-wording and length loosely follow difficulty, the way real prompts do; whether
-the router's quality predictor picks that up is part of what the replay measures.
+Tasks (``tasks``): by default each task's prompt is a real held-out question
+from a router outcome data set and its quality on each pool model is that
+question's recorded outcome for the pool model's data-set counterpart (see
+``evaluation.tasks``). A drawn task difficulty (0..1) sets the task's length
+and picks a question of matching difficulty rank. With ``tasks="templates"``
+the text comes from made-up templates and the difficulty itself is ground
+truth through an assumed success curve (``success_prob``).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
+from pathlib import Path
 
+from switchman_daemon.evaluation import tasks as T
 from switchman_daemon.evaluation.schema import TraceRecord
 
 TARGETS = {"calls_per_session": 84.0, "prompt_tokens_per_call": 154_000.0,
@@ -79,17 +85,45 @@ def _lognormal(rng: random.Random, mean: float, sigma: float) -> float:
     return rng.lognormvariate(math.log(mean) - sigma * sigma / 2, sigma)
 
 
-def generate(n_sessions: int = 24, seed: int = 7) -> list[TraceRecord]:
-    """``n_sessions`` synthetic sessions, deterministic for ``seed``."""
+_BETA = (1.6, 2.2)  # task difficulty draw
+# ~4.9 tasks per session: 96 sessions give ~470 tasks and a paired standard
+# error of ~3 points on a quality gap (24 sessions left it at ~5)
+DEFAULT_SESSIONS = 96
+
+
+def generate(n_sessions: int = DEFAULT_SESSIONS, seed: int = 7, tasks: str = T.DEFAULT_TASK_SET,
+             pool: Sequence[str] = T.DEFAULT_POOL,
+             data_dir: Path | None = None) -> list[TraceRecord]:
+    """``n_sessions`` synthetic sessions, deterministic for ``seed`` (and the
+    task set, pool and data). ``pool``: the pool models the outcomes are for."""
     rng = random.Random(seed)
+    ts = None if tasks == T.TEMPLATES else T.load(tasks, T.pool_quality(pool), data_dir)
     out: list[TraceRecord] = []
     for i in range(n_sessions):
-        out.extend(_session(rng, f"syn-{seed}-{i:04d}", start=i * 420.0 + rng.uniform(0, 300)))
+        out.extend(_session(rng, f"syn-{seed}-{i:04d}", i * 420.0 + rng.uniform(0, 300), ts))
     out.sort(key=lambda r: r.t)
     return out
 
 
-def _session(rng: random.Random, sid: str, start: float) -> list[TraceRecord]:
+class _Task:
+    """One task's prompt and what the replay needs to score it."""
+
+    def __init__(self, rng: random.Random, d: float, ts: T.TaskSet | None) -> None:
+        self.outcomes: dict[str, float] | None = None
+        self.extra: dict[str, object] = {}
+        self.difficulty: float | None = d
+        if ts is None:
+            self.text = _task_text(rng, d)
+            return
+        q = ts.pick(T.beta_quantile_of(d, *_BETA))
+        self.text, self.difficulty = q.text, None
+        self.outcomes = {p: q.scores[m] for p, m in ts.tiers.items()}
+        self.extra = {"task_set": ts.name, "dataset": ts.dataset, "qid": q.qid,
+                      "heads": ts.heads()}
+
+
+def _session(rng: random.Random, sid: str, start: float,
+             ts: T.TaskSet | None) -> list[TraceRecord]:
     recs: list[TraceRecord] = []
     t = start
     system = int(rng.uniform(16_000, 26_000))  # Claude Code system + tool definitions
@@ -102,15 +136,16 @@ def _session(rng: random.Random, sid: str, start: float) -> list[TraceRecord]:
     out_prev = 0
     for k in range(n_tasks):
         task = f"{sid}/t{k}"
-        d = min(0.97, max(0.02, rng.betavariate(1.6, 2.2)))
-        text = _task_text(rng, d)
+        d = min(0.97, max(0.02, rng.betavariate(*_BETA)))
+        tk = _Task(rng, d, ts)
+        text = tk.text
         if k:
             # idle between tasks: often short, sometimes past the 5-minute TTL
             t += rng.uniform(360, 2400) if rng.random() < 0.2 else rng.uniform(20, 200)
         if rng.random() < 0.5:  # a title / topic utility call on the cheap path
             recs.append(TraceRecord(sid, t, 600 + len(text) // 4, role="utility",
                                     task_id=task, new_tokens=None, output_tokens=30,
-                                    task_text=text, difficulty=d, tools=False,
+                                    task_text=text, difficulty=tk.difficulty, tools=False,
                                     source="synthetic"))
             t += 1.0
         steps = max(2, round(_lognormal(rng, 5.0 + 21.0 * d, 0.6)))
@@ -140,16 +175,18 @@ def _session(rng: random.Random, sid: str, start: float) -> list[TraceRecord]:
             recs.append(TraceRecord(sid, t, prompt, role="main", task_id=task, new_tokens=new,
                                     output_tokens=out_tok,
                                     task_text=text if step == 0 else "",
-                                    difficulty=d, source="synthetic"))
+                                    difficulty=tk.difficulty, source="synthetic",
+                                    outcomes=tk.outcomes if step == 0 else None,
+                                    extra=tk.extra if step == 0 else {}))
             t += out_tok / 60.0 + rng.uniform(2, 25)  # generation + tool time
             out_prev = out_tok
             if step == sub_at:
-                t = _subagent(rng, recs, sid, task, d, t, f"a{k}")
+                t = _subagent(rng, recs, sid, task, tk.difficulty, t, f"a{k}")
     return recs
 
 
-def _subagent(rng: random.Random, recs: list[TraceRecord], sid: str, task: str, d: float,
-              t: float, agent: str) -> float:
+def _subagent(rng: random.Random, recs: list[TraceRecord], sid: str, task: str,
+              d: float | None, t: float, agent: str) -> float:
     """A sub-agent (Task tool): its own system prompt and short history."""
     prompt = int(rng.uniform(10_000, 18_000))
     steps = max(2, round(_lognormal(rng, 9, 0.5)))
