@@ -45,6 +45,7 @@ class LedgerAddon:
             cost_usd=flow.cost_usd, baseline_cost_usd=flow.notes.get("baseline_cost_usd"),
             ttfb_ms=flow.ttfb_ms, latency_ms=flow.latency_ms,
             attempts=max(flow.attempts, 1), error=flow.error,
-            # fallbacks append reasons after the open
-            decision=flow.decision.to_json() if flow.decision and flow.attempts > 1 else None,
+            # fallbacks and the cascade append reasons after the open
+            decision=flow.decision.to_json() if flow.decision and (
+                flow.attempts > 1 or flow.notes.get("decision_updated")) else None,
         ))

@@ -55,7 +55,9 @@ class SavingsAddon:
         u = flow.usage
         prompt = u.prompt_tokens
         if flow.served_model == base.name:
-            flow.notes["baseline_cost_usd"] = flow.cost_usd  # same model, same bill
+            # same model, same bill (less a rejected cascade attempt the baseline never makes)
+            flow.notes["baseline_cost_usd"] = flow.cost_usd - flow.notes.get(
+                "cascade_rejected_usd", 0.0)
         else:
             chain = flow_chain(router, flow)
             sid = flow.signals.cache_session
