@@ -7,6 +7,7 @@ import these types; nothing here imports either.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -134,6 +135,47 @@ class SemanticRoute(BaseModel):
     threshold: float = Field(0.5, gt=0, le=1)
 
 
+# Refusal and hedging openers the cascade rejects a cheap answer for (searched,
+# case-insensitively, in the answer's first 300 characters; curly apostrophes
+# are read as straight ones). Only answers without tool calls are checked.
+_NEG = r"(?:can't|cannot|can not|won't|will not|unable to|not able to)"
+DEFAULT_REFUSAL_PATTERNS: tuple[str, ...] = (
+    rf"^(?:(?:i'm|i am) sorry|sorry|unfortunately),? (?:but )?i(?:'m| am)? {_NEG}",
+    rf"^i(?:'m| am)? {_NEG} (?:help|assist|comply|provide|do that|fulfil|complete|answer)",
+    r"\bas an ai(?: language)? model\b",
+    r"^(?:i'm|i am) not (?:sure|certain)\b",
+    r"^i (?:don't|do not) (?:know|have enough (?:information|context))\b",
+)
+
+
+class CascadeConfig(BaseModel):
+    """Opt-in cascade for non-streaming requests (FrugalGPT-style): the
+    cheapest eligible ranked candidate answers first; an answer failing the
+    acceptance check (empty, truncated, refusal, bad tool call, upstream
+    error) is withheld and the router's chosen model answers instead. Never
+    for streams: a streamed answer cannot be withdrawn. The request header
+    ``x-switchman-cascade: on|off`` overrides ``enabled``."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    # Cheap models whose predicted quality for the request is below this are not tried.
+    quality_floor: float = Field(0.5, ge=0, le=1)
+    # Try a cheap model only if its predicted cost is at most this share of the
+    # chosen model's: an escalation pays both, so a small saving is not worth it.
+    max_cost_ratio: float = Field(0.5, gt=0, le=1)
+    refusal_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS))
+
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _compiles(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"refusal pattern {p!r}: {e}") from None
+        return v
+
+
 class RoutingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     objective: Objective = Field(default_factory=Objective)
@@ -145,6 +187,12 @@ class RoutingConfig(BaseModel):
     baseline: str = ""
     rules: list[RoutingRule] = Field(default_factory=list)
     semantic: list[SemanticRoute] = Field(default_factory=list)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    # Refresh an idle session's prompt cache just before it expires when the
+    # expected saving beats the refresh (daemon/routing/keepalive.py). Only
+    # `switchman eval` and the what-if replay simulate it; the daemon does not
+    # send refreshes yet.
+    keepalive: bool = False
 
 
 class LedgerConfig(BaseModel):

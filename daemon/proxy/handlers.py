@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,6 +15,7 @@ from switchman_daemon import __version__
 from switchman_daemon.errors import ApiError, ErrorKind, WireFormat
 from switchman_daemon.logs import log_access, new_request_id, request_id
 from switchman_daemon.models import UnknownModel
+from switchman_daemon.proxy import cascade
 from switchman_daemon.proxy.bodies import read_json
 from switchman_daemon.proxy.flow import Flow
 from switchman_daemon.proxy.relay import error_response
@@ -106,7 +108,9 @@ def proxy_handler(fmt: WireFormat) -> Any:
                 so.get("include_usage"))
         ctx.open_flow(flow)
         try:
-            ctx.gate.reserve(flow, team_key_id, body)
+            await ctx.gate.reserve(flow, team_key_id, body)
+            if cascade.wanted(ctx.config.routing.cascade, request.headers, flow):
+                return await cascade.forward(ctx, request, flow, body, raw)
             return await ctx.relay.forward(request, flow, body, raw)
         except ApiError as e:
             flow.status, flow.http_status, flow.error = "error", e.status, e.message
@@ -245,35 +249,49 @@ def _guess_format(request: web.Request) -> WireFormat:
 guess_format = _guess_format  # public: the browser guard answers in the same format
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Unknown paths and methods answer in the caller's API format."""
-    try:
-        return await handler(request)
-    except web.HTTPMethodNotAllowed:
-        return error_response(_guess_format(request), ApiError(
-            ErrorKind.invalid_request, f"method {request.method} is not allowed on {request.path}",
-            status=405))
-    except web.HTTPNotFound:
-        return error_response(_guess_format(request), ApiError(
-            ErrorKind.not_found, f"no such endpoint: {request.method} {request.path}"))
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(_guess_format(request), ApiError(
-            ErrorKind.request_too_large, "request body too large"))
+def _method_not_allowed(allowed: tuple[str, ...]) -> Any:
+    async def refuse_method(request: web.Request) -> web.StreamResponse:
+        resp = error_response(_guess_format(request), ApiError(
+            ErrorKind.invalid_request,
+            f"method {request.method} is not allowed on {request.path}", status=405))
+        resp.headers["allow"] = ", ".join(allowed)
+        return resp
+
+    return refuse_method
 
 
-def add_routes(app: web.Application) -> None:
+async def not_found(request: web.Request) -> web.StreamResponse:
+    return error_response(_guess_format(request), ApiError(
+        ErrorKind.not_found, f"no such endpoint: {request.method} {request.path}"))
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_routes(app: web.Application, wrap: Callable[[Handler], Handler],
+               extra: dict[str, Handler] | None = None) -> None:
+    """Every path the daemon answers, each handler passed through ``wrap`` (the
+    browser guard). Unknown paths and methods answer in the caller's API format
+    from routes of their own, so no middleware runs on the hot path."""
     messages = proxy_handler("anthropic")
     chat = proxy_handler("chat")
     responses = proxy_handler("responses")
+    table: dict[str, dict[str, Handler]] = {}
     for prefix in ("/v1", ""):
-        app.router.add_post(f"{prefix}/messages", messages)
-        app.router.add_post(f"{prefix}/messages/count_tokens", count_tokens)
-        app.router.add_post(f"{prefix}/chat/completions", chat)
-        app.router.add_post(f"{prefix}/responses", responses)
-        app.router.add_get(f"{prefix}/responses", responses_get)
-        app.router.add_get(f"{prefix}/models", list_models)
-        app.router.add_get(f"{prefix}/models/{{model}}", get_model)
-    app.router.add_route("HEAD", "/", root)
-    app.router.add_get("/", root, allow_head=False)
-    app.router.add_get("/healthz", healthz)
+        table[f"{prefix}/messages"] = {"POST": messages}
+        table[f"{prefix}/messages/count_tokens"] = {"POST": count_tokens}
+        table[f"{prefix}/chat/completions"] = {"POST": chat}
+        table[f"{prefix}/responses"] = {"POST": responses, "GET": responses_get}
+        table[f"{prefix}/models"] = {"GET": list_models}
+        table[f"{prefix}/models/{{model}}"] = {"GET": get_model}
+    table["/"] = {"GET": root, "HEAD": root}
+    table["/healthz"] = {"GET": healthz}
+    for path, handler in (extra or {}).items():
+        table[path] = {"GET": handler}
+    for path, methods in table.items():
+        if "GET" in methods and "HEAD" not in methods:
+            methods["HEAD"] = methods["GET"]
+        for method, handler in methods.items():
+            app.router.add_route(method, path, wrap(handler))
+        app.router.add_route("*", path, wrap(_method_not_allowed(tuple(methods))))
+    app.router.add_route("*", "/{tail:.*}", wrap(not_found))

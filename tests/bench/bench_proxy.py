@@ -1,8 +1,9 @@
-"""Proxy overhead benchmark: direct vs a minimal aiohttp pass-through vs the daemon.
+"""Proxy overhead benchmark: direct vs a minimal aiohttp pass-through vs the "feature
+floor" (the pass-through plus a JSON parse and one SQLite row per request) vs the daemon.
 
     .venv/bin/python tests/bench/bench_proxy.py            # ~4-5 min, 3 interleaved reps
     .venv/bin/python tests/bench/bench_proxy.py --quick    # ~1 min, 1 rep, fewer requests
-    options: --reps N, --subjects direct,passthrough,daemon, --json PATH, --strict,
+    options: --reps N, --subjects direct,passthrough,floor,daemon, --json PATH, --strict,
              --scenarios small_c1,large_c32,...
 
 Method (as in /work/shared/PERF-BASELINE.md): a fake upstream (fake_upstream.py)
@@ -55,7 +56,7 @@ from agent_bodies import (  # noqa: E402
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
 GPT, CLAUDE = "bench-gpt", "bench-claude"
-SUBJECTS = ("direct", "passthrough", "daemon")
+SUBJECTS = ("direct", "passthrough", "floor", "daemon")
 
 # -- targets (daemon vs the pass-through) -------------------------------------------
 ADDED_RATIO = 1.3
@@ -602,6 +603,13 @@ async def amain(args: argparse.Namespace) -> int:
                                 f"http://127.0.0.1:{uport}"], PROXY_CPU, tmp)
             procs.append(pt)
             bases["passthrough"], pids["passthrough"] = f"http://127.0.0.1:{pport}", pt.pid
+        if "floor" in subjects:
+            fl, fport = start_ready_printer(
+                "floor", [sys.executable, str(HERE / "passthrough.py"),
+                          f"http://127.0.0.1:{uport}", "--floor", str(tmp / "floor.db")],
+                PROXY_CPU, tmp)
+            procs.append(fl)
+            bases["floor"], pids["floor"] = f"http://127.0.0.1:{fport}", fl.pid
         if "daemon" in subjects:
             try:
                 dm, dport = await start_daemon(tmp, uport)
