@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import queue
 import threading
 import time
@@ -124,6 +125,7 @@ class Ledger:
         # sharing one PostgreSQL ledger each recover only their own rows.
         self.owner = owner
         self._defaults = {**_DEFAULTS, "owner": owner}
+        self._default_row = [self._defaults[col] for col in REQUEST_COLUMNS]
         self.engine = make_engine(url)
         ensure_schema(self.engine)
         self.batch_interval = batch_interval
@@ -504,7 +506,7 @@ class Ledger:
                 cur.executemany(
                     self._insert_sql,
                     [
-                        _row_tuple(o, merged.get(o.id), self._defaults, held.get(o.id))
+                        _row_tuple(o, merged.get(o.id), self._default_row, held.get(o.id))
                         for o in opens.values()
                     ],
                 )
@@ -557,27 +559,36 @@ _UPDATE_SQL = (
 )
 
 
+# _row_tuple's plan, fixed at import: which record supplies each column (the
+# writer builds a row per request on a thread that shares the GIL with the
+# event loop, so a per-column loop of set lookups and getattr shows up there)
+_COL_INDEX = {c: i for i, c in enumerate(REQUEST_COLUMNS)}
+_OPEN_COLS = [c for c in REQUEST_COLUMNS if c in _OPEN_SET]
+_OPEN_IDX = [_COL_INDEX[c] for c in _OPEN_COLS]
+_OPEN_GET = operator.attrgetter(*_OPEN_COLS)
+_CLOSE_COLS = [c for c in REQUEST_COLUMNS if c in _CLOSE_SET]
+_CLOSE_PLAN = [(_COL_INDEX[c], c in _KEEP_SET) for c in _CLOSE_COLS]
+_CLOSE_GET = operator.attrgetter(*_CLOSE_COLS)
+_STATUS_I, _DECISION_I, _STREAM_I = (_COL_INDEX[c] for c in ("status", "decision", "stream"))
+
+
 def _row_tuple(
-    o: RequestOpen, c: RequestClose | None, defaults: dict[str, Any], hold: float | None
+    o: RequestOpen, c: RequestClose | None, defaults: list[Any], hold: float | None
 ) -> tuple[Any, ...]:
     """One INSERT row: the open's fields, overlaid by its hold and close if they came
-    in the same batch (None keeps the open's value for the keep-if-None columns)."""
-    out = []
-    for col in REQUEST_COLUMNS:
-        v: Any = defaults[col]
-        if col in _OPEN_SET:
-            v = getattr(o, col)
-        if c is not None and col in _CLOSE_SET:
-            cv = getattr(c, col)
-            if cv is not None or col not in _KEEP_SET:
-                v = cv
-        elif col == "status":
-            v = "open"
-        if col == "decision":
-            v = _json(v)
-        elif col == "stream":
-            v = bool(v)
-        out.append(v)
+    in the same batch (None keeps the open's value for the keep-if-None columns).
+    ``defaults`` holds every column's default, in REQUEST_COLUMNS order."""
+    out = defaults.copy()
+    for i, v in zip(_OPEN_IDX, _OPEN_GET(o), strict=True):
+        out[i] = v
+    if c is None:
+        out[_STATUS_I] = "open"
+    else:
+        for (i, keep), v in zip(_CLOSE_PLAN, _CLOSE_GET(c), strict=True):
+            if v is not None or not keep:
+                out[i] = v
+    out[_DECISION_I] = _json(out[_DECISION_I])
+    out[_STREAM_I] = bool(out[_STREAM_I])
     out[_HOLD_INDEX] = hold
     return tuple(out)
 

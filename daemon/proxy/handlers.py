@@ -108,7 +108,8 @@ def proxy_handler(fmt: WireFormat) -> Any:
                 so.get("include_usage"))
         ctx.open_flow(flow)
         try:
-            await ctx.gate.reserve(flow, team_key_id, body)
+            if ctx.gate.budgets.configured:  # no coroutine per request without budgets
+                await ctx.gate.reserve(flow, team_key_id, body)
             if cascade.wanted(ctx.config.routing.cascade, request.headers, flow):
                 return await cascade.forward(ctx, request, flow, body, raw)
             return await ctx.relay.forward(request, flow, body, raw)
