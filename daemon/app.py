@@ -25,6 +25,7 @@ from switchman_daemon.budgets import Budgets
 from switchman_daemon.config import ConfigError
 from switchman_daemon.errors import ApiError
 from switchman_daemon.jobs import JobRunner, start_jobs
+from switchman_daemon.keepalive_runner import KeepAliveRunner
 from switchman_daemon.ledger import Ledger
 from switchman_daemon.ledger_addon import LedgerAddon
 from switchman_daemon.logs import AccessLogAddon, new_request_id, request_id
@@ -152,6 +153,7 @@ class Daemon:
         self.sim_port: int | None = None
         self.jobs: JobRunner | None = None
         self.rollups: Rollups | None = None
+        self.keepalive: KeepAliveRunner | None = None
 
     async def _start_sim(self) -> str:
         from switchman_daemon.sim import create_sim_app
@@ -198,7 +200,10 @@ class Daemon:
                                        teamkeys=teamkeys, budgets=budgets, stats=stats)
         # close-hook order matters: savings and budgets read the finished flow,
         # the routing observer consumes the body, the ledger and stats record all
+        # keep-alive after the observer: it reads the prefix chain the observer built
+        self.keepalive = KeepAliveRunner(ctx)
         ctx.addons += [SavingsAddon(lambda: ctx.router), RoutingObserver(lambda: ctx.router),
+                       self.keepalive,
                        BudgetAddon(budgets), LedgerAddon(ledger), stats,
                        ctx.metrics, AccessLogAddon()]
         self.rollups = Rollups(ledger.engine, tz=_local_tz())
@@ -240,6 +245,7 @@ class Daemon:
                            ssl_context=tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        self.keepalive.start()  # idles unless [routing] keepalive is on
         if self._admin_enabled:
             self.admin = AdminServer(self)
             await self.admin.start()
@@ -311,6 +317,8 @@ class Daemon:
         return True
 
     async def stop(self) -> None:
+        if self.keepalive is not None:
+            await self.keepalive.stop()
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
@@ -327,6 +335,7 @@ class Daemon:
         if self.ctx is not None:
             for up in self.ctx.upstreams.values():
                 await up.session.close()
+            await asyncio.to_thread(self.ctx.budgets.close)  # drain settles, then the engine
             self.ctx.ledger.stop()
         if self._sim_runner is not None:
             await self._sim_runner.cleanup()

@@ -85,6 +85,8 @@ _SESSION_TRAILS = 10_000
 # Worker threads for shared-mode reservations: few, since reservations of one budget
 # serialise on its row lock anyway, and well under the engine's connection pool.
 _RESERVE_WORKERS = 4
+# How long ``status`` (off the event loop) waits for this daemon's queued settles.
+_STATUS_DRAIN_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -617,13 +619,10 @@ class Budgets:
         with self._lock:
             closed = self._closed
         if closed:  # after close(): nothing will drain a queue, so settle here
-            try:
-                self._settle_shared(reservation, actual, booked)
-            except Exception:
-                log.exception("settling budget reservation %d failed", reservation.id)
+            self._settle_logged(reservation, actual, booked)
             return
         try:
-            job = self._pool().submit(self._settle_shared, reservation, actual, booked)
+            job = self._pool().submit(self._settle_logged, reservation, actual, booked)
         except RuntimeError:  # the pool shut down under us
             log.exception("could not queue settlement of reservation %d", reservation.id)
             return
@@ -631,11 +630,17 @@ class Budgets:
             self._pending.add(job)
         job.add_done_callback(self._settled)
 
+    def _settle_logged(
+        self, r: Reservation, actual: float, booked: list[tuple[str, str, float]]
+    ) -> None:
+        try:
+            self._settle_shared(r, actual, booked)
+        except Exception:  # logged before the job completes, so drain() sees it done
+            log.exception("settling budget reservation %d failed", r.id)
+
     def _settled(self, job: Future[None]) -> None:
         with self._lock:
             self._pending.discard(job)
-        if not job.cancelled() and (e := job.exception()) is not None:
-            log.error("settling a budget reservation failed", exc_info=e)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every settle queued before this call has committed (or failed).
@@ -662,9 +667,7 @@ class Budgets:
             executor.shutdown(wait=done, cancel_futures=not done)
         return done
 
-    def _settle_memory(
-        self, r: Reservation, actual: float
-    ) -> list[tuple[str, str, float]] | None:
+    def _settle_memory(self, r: Reservation, actual: float) -> list[tuple[str, str, float]] | None:
         """``settle``'s in-memory part; returns the counters to book in the shared
         database (None: nothing to write, or already settled)."""
         now = self.clock()
@@ -778,9 +781,14 @@ class Budgets:
 
     def status(self, max_subjects: int = 50) -> list[dict[str, Any]]:
         """One row per budget and subject: spent, reserved, limits, period, state.
-        Templates list their ``max_subjects`` biggest spenders this period."""
+        Templates list their ``max_subjects`` biggest spenders this period. On a
+        shared database, called off the event loop, it first waits (briefly) for
+        this daemon's queued settles, so a finished request shows as spent."""
         now = self.clock()
         out: list[dict[str, Any]] = []
+        if self.shared and not _on_event_loop():
+            # read our own settles (queued by settle_nowait); the loop never waits here
+            self.drain(_STATUS_DRAIN_S)
         shared = self._shared_counters() if self.shared else None
         with self._lock:
             for live in sorted(self._live.values(), key=lambda lv: lv.budget.created_at):
@@ -947,6 +955,14 @@ class Budgets:
             stmt.where(col == b.subject) if b.subject is not None else stmt.where(col.is_not(None))
         )
         return {who: float(spent or 0.0) for who, spent in conn.execute(stmt)}
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _key(live: _Live, who: str) -> dict[str, Any]:

@@ -189,9 +189,8 @@ class RoutingConfig(BaseModel):
     semantic: list[SemanticRoute] = Field(default_factory=list)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     # Refresh an idle session's prompt cache just before it expires when the
-    # expected saving beats the refresh (daemon/routing/keepalive.py). Only
-    # `switchman eval` and the what-if replay simulate it; the daemon does not
-    # send refreshes yet.
+    # expected saving beats the refresh (daemon/routing/keepalive.py; sent by
+    # daemon/keepalive_runner.py, simulated by `switchman eval` and the replay).
     keepalive: bool = False
 
 

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -380,6 +381,44 @@ async def test_areserve_leaves_the_loop_only_on_a_shared_database(
     await b.areserve(None, None, 0.7, request_id="r3")
     [row] = b.status()
     assert row["spent_usd"] == pytest.approx(0.25) and row["reserved_usd"] == pytest.approx(0.7)
+
+
+async def test_settle_nowait_leaves_the_loop_only_on_a_shared_database(
+    engine: Engine, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = Budgets(engine)
+    b.set("global", "daily", hard_usd=1.0)
+    threads: list[int] = []
+    settle_shared = b._settle_shared
+
+    def spy(*args: Any) -> None:
+        threads.append(threading.get_ident())
+        settle_shared(*args)
+
+    b._settle_shared = spy  # type: ignore[method-assign]
+    r = await b.areserve(None, None, 0.4)
+    b.settle_nowait(r, 0.3)
+    # the mirror routing reads is up to date at once; the database once drained
+    assert b.check(None, None).headroom_usd == pytest.approx(0.7)
+    assert await asyncio.to_thread(b.drain, 10)
+    # SQLite: nothing to write (no thread hop); PostgreSQL: one transaction, on a worker
+    assert len(threads) == (backend == "postgresql") and threading.get_ident() not in threads
+    [row] = await asyncio.to_thread(b.status)
+    assert row["spent_usd"] == pytest.approx(0.3) and row["reserved_usd"] == pytest.approx(0)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("database gone")
+
+    b._settle_shared = broken  # type: ignore[method-assign]
+    b.settle_nowait(await b.areserve(None, None, 0.1), 0.1)  # logged, never raised
+    assert await asyncio.to_thread(b.drain, 10)
+    assert ("failed" in caplog.text) == (backend == "postgresql")
+    b._settle_shared = spy  # type: ignore[method-assign]
+    assert b.close()
+    b.settle_nowait(b.reserve(None, None, 0.2), 0.2)  # after close: inline
+    assert b.drain(0)
+    [row] = b.status()
+    assert row["spent_usd"] == pytest.approx(0.6 if backend == "sqlite" else 0.5)
 
 
 def _counter_keys(engine: Engine) -> set[tuple[str, str, float]]:

@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import aiohttp
 import openai
@@ -28,6 +30,8 @@ import sqlalchemy as sa
 from switchman_daemon import jobs
 from switchman_daemon.budgets import BudgetExceeded, Budgets, Reservation
 from switchman_daemon.ledger import Ledger, RequestClose
+from switchman_daemon.proxy.flow import Flow
+from switchman_daemon.proxy.gate import BudgetAddon
 from switchman_daemon.store_tables import budget_counters, budget_holds
 from tests import test_ledger
 from tests.support.running import RunningDaemon
@@ -197,6 +201,33 @@ async def test_a_reservation_waits_for_a_row_lock_off_the_event_loop(pg_url: str
     (row,) = b.status()
     assert row["reserved_usd"] == pytest.approx(0.2) and row["spent_usd"] == pytest.approx(0.1)
     b.settle(r, 0.2)
+    led.stop()
+
+
+async def test_a_settle_waits_for_a_row_lock_off_the_event_loop(pg_url: str) -> None:
+    """The proxy's close hook (``BudgetAddon.flow_closed``) queues the settling
+    transaction on the budget threads: a row lock held by another daemon must not
+    stall the event loop, and ``drain`` waits for the settle to land."""
+    led = Ledger(pg_url)
+    b = Budgets(led.engine, owner="d1")
+    b.set("global", "total", hard_usd=1.0)
+    b.settle(b.reserve(None, None, 0.1), 0.1)  # the counter row exists
+    r = await b.areserve(None, None, 0.2)
+    flow = cast(Flow, SimpleNamespace(notes={"reservation": r}, cost_usd=0.15))
+    lock = _RowLock(led.engine)
+    try:
+        BudgetAddon(b).flow_closed(flow)  # returns at once: the transaction is queued
+        # this coroutine keeps running while the settle waits in PostgreSQL
+        await lock.wait_for_waiter(led.engine)
+        assert not b.drain(0)
+    finally:
+        lock.release()
+    assert await asyncio.to_thread(b.drain, 10)
+    (row,) = await asyncio.to_thread(b.status)
+    assert row["spent_usd"] == pytest.approx(0.25) and row["reserved_usd"] == pytest.approx(0)
+    BudgetAddon(b).flow_closed(flow)  # idempotent: nothing queued twice
+    assert b.drain(0)
+    assert b.close()
     led.stop()
 
 

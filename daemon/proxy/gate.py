@@ -94,5 +94,5 @@ class BudgetAddon:
 
     def flow_closed(self, flow: Flow) -> None:
         res = flow.notes.get("reservation")
-        if res is not None:
-            self.budgets.settle(res, flow.cost_usd)
+        if res is not None:  # on a shared database the transaction runs off the loop
+            self.budgets.settle_nowait(res, flow.cost_usd)

@@ -256,6 +256,8 @@ class Relay:
         data: bytes,
         headers: dict[str, str],
     ) -> web.StreamResponse:
+        if self.ctx.config.routing.keepalive:  # what a cache keep-alive replays
+            flow.notes["upstream_sent"] = (data, headers)
         try:
             uresp = await up.post(_ENDPOINT[up_fmt], data, headers)
         except TimeoutError:
