@@ -9,7 +9,6 @@ the gRPC admin plane.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ def _config_path(arg: str | None) -> Path | None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from switchman_daemon.app import Daemon, serve_forever
+    from switchman_daemon.app import Daemon, run_loop, serve_forever
     from switchman_daemon.config import ConfigError, load_config
 
     log_format = getattr(args, "log_format", None)
@@ -60,7 +59,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         log_to_file(Path(log_file))
     daemon = Daemon(config, data_dir)
     try:
-        asyncio.run(serve_forever(daemon, args.host, args.port))
+        run_loop(serve_forever(daemon, args.host, args.port))
     except OSError as e:
         print(f"switchman: cannot listen on {args.host}:{args.port}: {e.strerror}",
               file=sys.stderr)

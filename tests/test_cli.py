@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -46,3 +47,18 @@ def test_daemon_command_rejects_a_bad_config(tmp_path: Path,
     bad.write_text("[providers.x]\nkind = 'nope'\nbase_url = 'http://x'\n")
     assert main(["daemon", "--config", str(bad), "--data-dir", str(tmp_path)]) == 2
     assert "invalid config" in capsys.readouterr().err
+
+
+def test_run_loop_uses_uvloop_unless_opted_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("uvloop")
+    from switchman_daemon.app import run_loop
+
+    seen: list[str] = []
+
+    async def probe() -> None:
+        seen.append(type(asyncio.get_running_loop()).__module__)
+
+    run_loop(probe())
+    monkeypatch.setenv("SWITCHMAN_EVENT_LOOP", "asyncio")
+    run_loop(probe())
+    assert seen[0].startswith("uvloop") and seen[1].startswith("asyncio"), seen

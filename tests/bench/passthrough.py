@@ -99,4 +99,9 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--floor", default=None, help="SQLite ledger path: the feature floor")
     a = ap.parse_args()
-    asyncio.run(main(a.base, a.port, a.floor))
+    try:  # the daemon's own loop (switchman_daemon.app.run_loop): same footing
+        import uvloop
+    except ImportError:
+        asyncio.run(main(a.base, a.port, a.floor))
+    else:
+        uvloop.run(main(a.base, a.port, a.floor))
