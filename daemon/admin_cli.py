@@ -85,12 +85,27 @@ def cmd_policy_show(c: AdminClient, args: argparse.Namespace) -> None:
 
 
 def cmd_policy_set(c: AdminClient, args: argparse.Namespace) -> None:
-    _print_policy(c.set_objective(args.cost, args.quality, args.latency))
+    _print_policy(c.set_policy(
+        cost=args.cost, quality=args.quality, latency=args.latency, cascade=args.cascade,
+        cascade_quality_floor=args.cascade_quality_floor,
+        cascade_max_cost_ratio=args.cascade_max_cost_ratio, keepalive=args.keepalive))
+
+
+def _on_off(v: str) -> bool:
+    low = v.strip().lower()
+    if low in ("on", "true", "yes", "1"):
+        return True
+    if low in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {v!r}")
 
 
 def _print_policy(p: Any) -> None:
-    o = p.objective
+    o, cas = p.objective, p.cascade
     _out(f"objective  cost={o.cost:g} quality={o.quality:g} latency={o.latency:g}")
+    _out(f"cascade    {'on' if cas.enabled else 'off'} (non-streaming; "
+         f"quality_floor={cas.quality_floor:g} max_cost_ratio={cas.max_cost_ratio:g})")
+    _out(f"keepalive  {'on' if p.keepalive else 'off'}")
     _out(f"honour_requested_model  {str(p.honour_requested_model).lower()}")
     for model, fl in sorted(p.fallbacks.items()):
         _out(f"fallbacks  {model} -> {', '.join(fl.models) or '(none)'}")
@@ -294,12 +309,22 @@ def add_admin_commands(sub: Any) -> None:
         "provider")
     verb(ks, "ls", cmd_keys_ls, "providers and their key status (masked)")
 
-    pol = sub.add_parser("policy", help="the routing objective")
+    pol = sub.add_parser("policy", help="the routing objective, cascade and keep-alive")
     ps = pol.add_subparsers(dest="policy_command", required=True)
     verb(ps, "show", cmd_policy_show, "show the routing policy")
-    p = verb(ps, "set", cmd_policy_set, "set objective weights (0..1); unset ones stay")
+    p = verb(ps, "set", cmd_policy_set,
+             "set objective weights (0..1), the cascade or cache keep-alive; unset ones stay")
     for w in ("cost", "quality", "latency"):
         p.add_argument(f"--{w}", type=float, default=None)
+    p.add_argument("--cascade", type=_on_off, default=None, metavar="on|off",
+                   help="non-streaming requests try the cheapest capable model first")
+    p.add_argument("--cascade-quality-floor", type=float, default=None, metavar="0..1",
+                   help="cheap models predicted below this quality are not tried")
+    p.add_argument("--cascade-max-cost-ratio", type=float, default=None, metavar="(0..1]",
+                   help="try a cheap model only if it costs at most this share of the "
+                        "chosen one")
+    p.add_argument("--keepalive", type=_on_off, default=None, metavar="on|off",
+                   help="refresh idle sessions' prompt caches when it pays")
 
     mod = sub.add_parser("models", help="the model pool")
     ms = mod.add_subparsers(dest="models_command", required=True)

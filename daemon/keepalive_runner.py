@@ -131,6 +131,13 @@ class KeepAliveRunner:
     def enabled(self) -> bool:
         return bool(self.ctx.config.routing.keepalive)
 
+    def config_applied(self) -> None:
+        """A config change is live. Turned off: forget every kept session (and the
+        request bytes it holds) now, not at the next pass; turned on: the next
+        request is captured and the next pass refreshes."""
+        if not self.enabled:
+            self.kept.clear()
+
     def clock(self) -> float:
         """The router's cache-tracker clock (monotonic), so expiries compare."""
         return self._clock() if self._clock is not None else self.ctx.router.tracker.clock()

@@ -184,6 +184,33 @@ class AdminClient(_Stubs):
             update_mask=field_mask_pb2.FieldMask(paths=[f"objective.{n}" for n in given]))
         return self.call(self.policy.SetPolicy, req)
 
+    def set_policy(self, *, cost: float | None = None, quality: float | None = None,
+                   latency: float | None = None, cascade: bool | None = None,
+                   cascade_quality_floor: float | None = None,
+                   cascade_max_cost_ratio: float | None = None,
+                   keepalive: bool | None = None) -> policy_pb2.Policy:
+        """Change only the given settings, in one SetPolicy call: objective weights,
+        the cascade (on/off, quality floor, max cost ratio) and cache keep-alive."""
+        p = policy_pb2.Policy()
+        paths: list[str] = []
+        for name, v in (("cost", cost), ("quality", quality), ("latency", latency)):
+            if v is not None:
+                setattr(p.objective, name, v)
+                paths.append(f"objective.{name}")
+        for name, v in (("enabled", cascade), ("quality_floor", cascade_quality_floor),
+                        ("max_cost_ratio", cascade_max_cost_ratio)):
+            if v is not None:
+                setattr(p.cascade, name, v)
+                paths.append(f"cascade.{name}")
+        if keepalive is not None:
+            p.keepalive = keepalive
+            paths.append("keepalive")
+        if not paths:
+            raise AdminError(k.INVALID_ARGUMENT, "give at least one setting to change")
+        req = policy_pb2.SetPolicyRequest(policy=p,
+                                          update_mask=field_mask_pb2.FieldMask(paths=paths))
+        return self.call(self.policy.SetPolicy, req)
+
     def set_rules(self, rules: list[dict[str, str]]) -> policy_pb2.Policy:
         """Replace the routing rules (ordered; the first match wins). Each rule:
         name, match_model, match_client, match_role, route_to."""

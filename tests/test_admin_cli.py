@@ -49,6 +49,28 @@ def test_cli_admin_verbs(admin_daemon: RunningDaemon, mem_keyring: MemoryKeyring
     assert admin_daemon.ctx.config.routing.objective.latency == 0.1
     code, out, _ = _run(capsys, "policy", "show", *dd)
     assert "latency=0.1" in out
+    assert "cascade    off" in out and "keepalive  off" in out
+
+    code, out, _ = _run(capsys, "policy", "set", "--cascade", "on", "--keepalive", "on",
+                        "--cascade-quality-floor", "0.3", *dd)
+    assert code == 0 and "cascade    on" in out and "quality_floor=0.3" in out
+    assert "keepalive  on" in out and "latency=0.1" in out
+    r = admin_daemon.ctx.config.routing
+    assert r.cascade.enabled and r.cascade.quality_floor == 0.3 and r.keepalive
+    code, out, _ = _run(capsys, "policy", "set", "--keepalive", "off",
+                        "--cascade-max-cost-ratio", "0.25", *dd)
+    assert code == 0 and "keepalive  off" in out and "max_cost_ratio=0.25" in out
+    assert not admin_daemon.ctx.config.routing.keepalive
+    code, out, _ = _run(capsys, "policy", "show", *dd)
+    assert "cascade    on" in out and "keepalive  off" in out
+    code, _, err = _run(capsys, "policy", "set", "--cascade-max-cost-ratio", "0", *dd)
+    assert code == 1 and "routing.cascade.max_cost_ratio" in err
+    code, _, err = _run(capsys, "policy", "set", *dd)
+    assert code == 1 and "at least one" in err
+    with pytest.raises(SystemExit):
+        main(["policy", "set", "--cascade", "maybe", *dd])
+    assert "expected on or off" in capsys.readouterr().err
+    assert admin_daemon.ctx.config.routing.cascade.enabled
 
     code, out, _ = _run(capsys, "models", "ls", *dd)
     assert code == 0 and "sim-claude-strong" in out and "CACHE R" in out

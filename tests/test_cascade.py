@@ -23,6 +23,7 @@ import pytest
 from switchman_daemon.pricing import cost_usd
 from switchman_daemon.protocol.ir import Usage
 from switchman_daemon.proxy.cascade_check import check_answer, compile_patterns
+from switchman_shared.admin_client import AdminClient
 from switchman_shared.config_schema import DEFAULT_REFUSAL_PATTERNS
 from tests.support import answer_upstream as au
 from tests.support.running import RunningApp, RunningDaemon
@@ -339,6 +340,39 @@ def test_quality_floor_skips_the_cheap_try(rig: Rig) -> None:
     row = _row(rig.off, a.headers["x-request-id"])
     assert any(re.match(r"cascade: skipped: an-weak's predicted quality 0\.\d\d is below the "
                         r"floor 0\.50", r) for r in _reasons(row))
+
+
+def test_set_policy_turns_the_cascade_on_and_off_live(rig: Rig, tmp_path: Path) -> None:
+    """The admin plane's switch (console checkbox, `switchman policy set --cascade`):
+    the next request follows it, no restart, no per-request header."""
+    cfg = tmp_path / "cascade.toml"
+    cfg.write_text(_config(rig.up, False))
+    d = RunningDaemon(tmp_path / "d", config_path=cfg)
+    try:
+        with AdminClient.connect(d.daemon.data_dir) as c:
+            a = _ask(d, "anthropic", "an", "explain the bug")
+            assert "x-switchman-cascade" not in a.headers
+            assert rig.models_called() == ["an-strong"]
+
+            assert c.set_policy(cascade=True).cascade.enabled
+            a = _ask(d, "anthropic", "an", "explain the bug")
+            assert a.headers["x-switchman-cascade"] == "accepted"
+            assert a.headers["x-switchman-model"] == "an-cheap"
+            assert rig.models_called() == ["an-strong", "an-cheap"]
+
+            # the floor applies live too: nothing cheap is good enough now
+            c.set_policy(cascade_quality_floor=0.99)
+            a = _ask(d, "chat", "oa", "write the docs")
+            assert a.headers["x-switchman-cascade"] == "skipped"
+            assert any("below the floor 0.99" in r
+                       for r in _reasons(_row(d, a.headers["x-request-id"])))
+
+            assert not c.set_policy(cascade=False).cascade.enabled
+            a = _ask(d, "chat", "oa", "write the docs")
+            assert "x-switchman-cascade" not in a.headers
+            assert rig.models_called()[-1] == "oa-strong"
+    finally:
+        d.stop()
 
 
 def test_a_pinned_model_is_not_cascaded(rig: Rig) -> None:

@@ -9,6 +9,7 @@ from PySide6.QtCore import Qt
 
 from switchman_gui.app import MainWindow
 from switchman_shared.admin_client import AdminClient
+from switchman_shared.admin_errors import AdminError
 from tests.support.gui import settle, wait_for, window  # noqa: F401
 from tests.support.running import RunningDaemon
 
@@ -50,3 +51,59 @@ def test_keyboard_moves_a_slider_too(window: MainWindow, admin_daemon: RunningDa
     lat.setFocus()
     qtbot.keyClick(lat, Qt.Key.Key_End)
     wait_for(qtbot, lambda: admin_daemon.ctx.config.routing.objective.latency == 1.0)
+
+
+def test_option_checkboxes_switch_the_cascade_and_keepalive(
+        window: MainWindow, admin_daemon: RunningDaemon, qtbot: Any) -> None:  # noqa: F811
+    page = window.page("Routing")
+    window.go(4)
+    settle(qtbot, window)
+    cascade, keepalive = page.options["cascade"], page.options["keepalive"]
+    # the daemon's state, once known; tooltips say what each costs and saves
+    wait_for(qtbot, lambda: cascade.isEnabled() and keepalive.isEnabled())
+    assert not cascade.isChecked() and not keepalive.isChecked()
+    assert "non-streaming" in cascade.text().lower() and "escalation" in cascade.toolTip()
+    assert "billed" in keepalive.toolTip()
+    before = admin_daemon.ctx.config  # a change swaps in a new config object
+
+    qtbot.mouseClick(cascade, Qt.MouseButton.LeftButton)
+    with AdminClient.connect(admin_daemon.daemon.data_dir) as c:
+        wait_for(qtbot, lambda: c.get_policy().cascade.enabled)
+        assert not c.get_policy().keepalive
+        wait_for(qtbot, lambda: cascade.isEnabled() and cascade.isChecked())
+        assert admin_daemon.ctx.config.routing.cascade.enabled
+        assert before is not admin_daemon.ctx.config
+
+        qtbot.mouseClick(keepalive, Qt.MouseButton.LeftButton)
+        wait_for(qtbot, lambda: c.get_policy().keepalive)
+        assert admin_daemon.daemon.keepalive.enabled
+
+        qtbot.mouseClick(cascade, Qt.MouseButton.LeftButton)
+        wait_for(qtbot, lambda: not c.get_policy().cascade.enabled)
+        wait_for(qtbot, lambda: cascade.isEnabled() and not cascade.isChecked())
+        assert c.get_policy().keepalive  # the other option is untouched
+
+        # a change made elsewhere (the CLI) shows on refresh
+        c.set_policy(keepalive=False, cascade=True)
+        window.refresh_current()
+        wait_for(qtbot, lambda: cascade.isChecked() and not keepalive.isChecked())
+
+
+def test_an_option_that_cannot_be_applied_goes_back(
+        window: MainWindow, admin_daemon: RunningDaemon, qtbot: Any,  # noqa: F811
+        monkeypatch: Any) -> None:
+    page = window.page("Routing")
+    window.go(4)
+    settle(qtbot, window)
+    cascade = page.options["cascade"]
+    wait_for(qtbot, lambda: cascade.isEnabled())
+
+    def refuse(self: AdminClient, **kw: Any) -> Any:
+        raise AdminError("invalid_argument", "refused for the test")
+
+    monkeypatch.setattr(AdminClient, "set_policy", refuse)
+    qtbot.mouseClick(cascade, Qt.MouseButton.LeftButton)
+    wait_for(qtbot, lambda: window.messages and window.messages[-1][0] == "error")
+    assert "Could not turn the cascade on: refused for the test" in window.messages[-1][1]
+    wait_for(qtbot, lambda: cascade.isEnabled() and not cascade.isChecked())
+    assert not admin_daemon.ctx.config.routing.cascade.enabled

@@ -18,6 +18,7 @@ from switchman_daemon.keepalive_runner import KeepAliveRunner, refresh_body
 from switchman_daemon.pricing import cost_usd
 from switchman_daemon.protocol.ir import Usage
 from switchman_daemon.routing.keepalive import KeepAlive, Verdict
+from switchman_shared.admin_client import AdminClient
 from tests.support.running import RunningApp, RunningDaemon
 
 PREFIX = 3000  # tokens the fake provider says it caches
@@ -234,6 +235,39 @@ def test_memory_cap_and_expiry(tmp_path: Path, upstream: RunningApp) -> None:
         d.ctx.config.routing.keepalive = False
         _turn(d, "s6")
         assert len(ka) == 0
+    finally:
+        d.stop()
+
+
+def test_set_policy_switches_the_runner_live(tmp_path: Path, upstream: RunningApp) -> None:
+    """The admin plane's switch (console checkbox, `switchman policy set --keepalive`):
+    on, the next turn is kept and the next pass refreshes; off, what was kept is
+    dropped at once, before any pass or request."""
+    d = _daemon(tmp_path, upstream, None)
+    try:
+        ka = _runner(d)
+        ka.policy = _Policy(True)
+        with AdminClient.connect(d.daemon.data_dir) as c:
+            _turn(d, "s-a")
+            assert len(ka) == 0 and not ka.enabled
+
+            assert c.set_policy(keepalive=True).keepalive
+            assert ka.enabled
+            _turn(d, "s-a")
+            _turn(d, "s-b")
+            assert list(ka.kept) == ["s-a", "s-b"]
+            n = len(_sent(upstream))
+            verdicts = _run(d, ka.kept["s-a"].expires_at - 20.0)
+            assert {s for s, v in verdicts if v.refresh} == {"s-a", "s-b"}
+            assert len(_sent(upstream)) == n + 2 and ka.refreshes == 2
+
+            assert not c.set_policy(keepalive=False).keepalive
+            assert not ka.enabled and len(ka) == 0  # dropped by the change itself
+            _turn(d, "s-c")
+            assert len(ka) == 0
+            n = len(_sent(upstream))
+            assert _run(d, ka.clock() + 290.0) == []
+            assert len(_sent(upstream)) == n
     finally:
         d.stop()
 

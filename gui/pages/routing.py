@@ -1,5 +1,6 @@
 """Routing: the objective's cost / quality / latency weights as sliders that
-apply live (debounced SetPolicy), a what-if (PolicyService.Preview) drawn on
+apply live (debounced SetPolicy), the opt-in cascade and cache keep-alive as
+checkboxes (SetPolicy on toggle), a what-if (PolicyService.Preview) drawn on
 a cost-vs-quality Pareto chart of the pool, and a what-if over the recorded
 traffic (PolicyService.ReplayPreview): what the last N days would have cost, at
 what predicted quality, under the slider position and a sweep of objectives."""
@@ -16,6 +17,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGridLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -45,6 +47,23 @@ REPLAY_DAYS = (1, 7, 30)
 # objectives replayed besides the slider's: cost-led to quality-led
 REPLAY_SWEEP = ((1.0, 0.0, 0.0), (1.0, 0.3, 0.1), (0.5, 0.7, 0.1), (0.3, 1.0, 0.05),
                 (0.15, 1.0, 0.0), (0.0, 1.0, 0.0))
+# the opt-in routing features: SetPolicy field -> (label, tooltip, action for errors)
+OPTIONS = {
+    "cascade": (
+        "Cascade: try the cheapest capable model first (non-streaming requests)",
+        "Non-streaming requests go to the cheapest capable model first; an empty, truncated "
+        "or refusing answer is withheld and the router's choice answers instead.\n"
+        "Saves money when cheap answers usually pass; an escalation pays for both calls and "
+        "takes longer. Streamed requests are never cascaded.",
+        "the cascade"),
+    "keepalive": (
+        "Cache keep-alive: refresh idle sessions' prompt caches when it pays",
+        "Just before an idle session's prompt cache expires, a one-token request keeps it "
+        "warm, only when the chance the session comes back makes the expected saving beat "
+        "the refresh.\nEach refresh is a billed request (in the ledger and the budgets); "
+        "off, nothing is kept.",
+        "cache keep-alive"),
+}
 
 
 def request_cost(m: Any, input_tokens: int, output_tokens: int = ASSUMED_OUTPUT) -> float:
@@ -95,8 +114,12 @@ class RoutingPage(Page):
         self.applied = QLabel("")
         self.applied.setObjectName("hint")
         weights.addWidget(self.applied, 3, 1)
+        left = QVBoxLayout()
+        left.setContentsMargins(0, 0, 0, 0)
+        left.addLayout(weights)
+        left.addWidget(self._build_options())
         wbox = QWidget()
-        wbox.setLayout(weights)
+        wbox.setLayout(left)
         top.addWidget(wbox, 3)
 
         form = QFormLayout()
@@ -177,6 +200,22 @@ class RoutingPage(Page):
         self._replay_timer.setInterval(REPLAY_DEBOUNCE_MS)
         self._replay_timer.timeout.connect(self.replay)
         self.replay_days.currentIndexChanged.connect(lambda *_: self._replay_timer.start())
+
+    def _build_options(self) -> QGroupBox:
+        box = QGroupBox("Options")
+        col = QVBoxLayout(box)
+        self.options: dict[str, QCheckBox] = {}
+        self._option_pending: set[str] = set()
+        for name, (label, tip, _action) in OPTIONS.items():
+            cb = QCheckBox(label)
+            cb.setToolTip(tip)
+            cb.setAccessibleName(label.split(":")[0])
+            cb.setEnabled(False)  # until the daemon's policy is known
+            # clicked, not toggled: only the user's change is sent, not a refresh's
+            cb.clicked.connect(lambda on, n=name: self.apply_option(n, on))
+            col.addWidget(cb)
+            self.options[name] = cb
+        return box
 
     def _build_replay(self) -> QHBoxLayout:
         row = QHBoxLayout()
@@ -268,6 +307,36 @@ class RoutingPage(Page):
                        action="change the routing objective",
                        on_err=lambda _e: self.applied.setText("not applied"))
 
+    # -- options: cascade, cache keep-alive ------------------------------------------
+
+    def _set_options(self, policy: Any) -> None:
+        """Show the daemon's state (a box whose change is on its way keeps the user's)."""
+        states = {"cascade": policy.cascade.enabled, "keepalive": policy.keepalive}
+        for name, cb in self.options.items():
+            if name not in self._option_pending:
+                cb.setChecked(states[name])
+                cb.setEnabled(True)
+
+    def apply_option(self, name: str, on: bool) -> None:
+        """SetPolicy with this one field; on failure the box goes back as it was."""
+        cb = self.options[name]
+        cb.setEnabled(False)  # one change at a time
+        self._option_pending.add(name)
+        kwargs: dict[str, bool] = {name: on}
+
+        def done(policy: Any) -> None:
+            self._option_pending.discard(name)
+            self._set_options(policy)
+
+        def failed(_e: Any) -> None:
+            self._option_pending.discard(name)
+            cb.setChecked(not on)
+            cb.setEnabled(True)
+
+        self.conn.call(lambda c: c.set_policy(**kwargs), done,
+                       action=f"turn {OPTIONS[name][2]} {'on' if on else 'off'}",
+                       on_err=failed)
+
     # -- data -----------------------------------------------------------------------
 
     def refresh(self) -> None:
@@ -279,6 +348,7 @@ class RoutingPage(Page):
 
     def _show(self, result: tuple[Any, list[Any], Any]) -> None:
         policy, self.models, pools = result
+        self._set_options(policy)
         if not self._apply_timer.isActive():
             self._set_sliders(policy.objective)
             o = policy.objective

@@ -40,7 +40,12 @@ def register_all(server: aio.Server, daemon: Daemon) -> None:
         assert daemon.ctx is not None
         return daemon.ctx.config
 
-    editor = ConfigEditor(daemon.data_dir, current, daemon.apply_config)
+    async def apply(cfg: Config) -> None:
+        await daemon.apply_config(cfg)
+        if daemon.keepalive is not None:  # e.g. keep-alive turned off: drop what it kept
+            daemon.keepalive.config_applied()
+
+    editor = ConfigEditor(daemon.data_dir, current, apply)
     providers_pb2_grpc.add_ProviderServiceServicer_to_server(
         ProviderServicer(daemon, editor), server)
     models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(daemon, editor), server)

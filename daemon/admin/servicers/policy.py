@@ -18,18 +18,23 @@ if TYPE_CHECKING:
     from switchman_daemon.app import Daemon
 
 _WEIGHTS = ("cost", "quality", "latency")
-_ALL_PATHS = ("objective", "rules", "fallbacks", "honour_requested_model")
+_CASCADE = ("enabled", "quality_floor", "max_cost_ratio")
+_ALL_PATHS = ("objective", "rules", "fallbacks", "honour_requested_model", "cascade",
+              "keepalive")
 
 
 def policy_msg(cfg: Config) -> pb.Policy:
     r = cfg.routing
-    o = r.objective
+    o, c = r.objective, r.cascade
     return pb.Policy(
         objective=pb.Objective(cost=o.cost, quality=o.quality, latency=o.latency),
         fallbacks={m: pb.ModelList(models=fs) for m, fs in r.fallbacks.items()},
         rules=[pb.Rule(name=x.name, match_model=x.match_model, match_client=x.match_client,
                        match_role=x.match_role, route_to=x.route_to) for x in r.rules],
-        honour_requested_model=r.honour_requested_model)
+        honour_requested_model=r.honour_requested_model,
+        cascade=pb.Cascade(enabled=c.enabled, quality_floor=c.quality_floor,
+                           max_cost_ratio=c.max_cost_ratio),
+        keepalive=r.keepalive)
 
 
 def policy_delta(policy: pb.Policy, paths: list[str]) -> dict[str, Any]:
@@ -46,6 +51,13 @@ def policy_delta(policy: pb.Policy, paths: list[str]) -> dict[str, Any]:
             routing["fallbacks"] = {m: list(fl.models) for m, fl in policy.fallbacks.items()}
         elif path == "honour_requested_model":
             routing["honour_requested_model"] = policy.honour_requested_model
+        elif head == "cascade" and (not leaf or leaf in _CASCADE):
+            # range checks are the config schema's ([routing.cascade]), as for the weights
+            cascade = routing.setdefault("cascade", {})
+            for f in (leaf,) if leaf else _CASCADE:
+                cascade[f] = getattr(policy.cascade, f)
+        elif path == "keepalive":
+            routing["keepalive"] = policy.keepalive
         elif path == "rules":
             # replaced whole: rules are ordered, the first match wins
             routing["rules"] = [

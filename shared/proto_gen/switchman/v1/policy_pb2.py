@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19switchman/v1/policy.proto\x12\x0cswitchman.v1\x1a google/protobuf/field_mask.proto\";\n\tObjective\x12\x0c\n\x04\x63ost\x18\x01 \x01(\x01\x12\x0f\n\x07quality\x18\x02 \x01(\x01\x12\x0f\n\x07latency\x18\x03 \x01(\x01\"e\n\x04Rule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmatch_model\x18\x02 \x01(\t\x12\x14\n\x0cmatch_client\x18\x03 \x01(\t\x12\x12\n\nmatch_role\x18\x04 \x01(\t\x12\x10\n\x08route_to\x18\x05 \x01(\t\"\x1b\n\tModelList\x12\x0e\n\x06models\x18\x01 \x03(\t\"\xfa\x01\n\x06Policy\x12*\n\tobjective\x18\x01 \x01(\x0b\x32\x17.switchman.v1.Objective\x12!\n\x05rules\x18\x02 \x03(\x0b\x32\x12.switchman.v1.Rule\x12\x36\n\tfallbacks\x18\x03 \x03(\x0b\x32#.switchman.v1.Policy.FallbacksEntry\x12\x1e\n\x16honour_requested_model\x18\x04 \x01(\x08\x1aI\n\x0e\x46\x61llbacksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.switchman.v1.ModelList:\x02\x38\x01\"\x12\n\x10GetPolicyRequest\"i\n\x10SetPolicyRequest\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.switchman.v1.Policy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xa6\x01\n\x0ePreviewRequest\x12\x17\n\x0frequested_model\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x11\n\thas_tools\x18\x03 \x01(\x08\x12\x12\n\nhas_images\x18\x04 \x01(\x08\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12*\n\tobjective\x18\x06 \x01(\x0b\x32\x17.switchman.v1.Objective\"N\n\x0cPreviewReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03how\x18\x02 \x01(\t\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\"g\n\x14ReplayPreviewRequest\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x01\x12+\n\nobjectives\x18\x02 \x03(\x0b\x32\x17.switchman.v1.Objective\x12\x14\n\x0cmax_requests\x18\x03 \x01(\x05\"\xd9\x01\n\x0bReplayPoint\x12*\n\tobjective\x18\x01 \x01(\x0b\x32\x17.switchman.v1.Objective\x12\x10\n\x08\x63ost_usd\x18\x02 \x01(\x01\x12\x0f\n\x07quality\x18\x03 \x01(\x01\x12\x16\n\x0equality_source\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x05 \x01(\x01\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x19\n\x11\x62\x61seline_cost_usd\x18\x07 \x01(\x01\x12\x0f\n\x07\x63urrent\x18\x08 \x01(\x08\x12\r\n\x05label\x18\t \x01(\t\"\xd8\x01\n\x12ReplayPreviewReply\x12+\n\x08recorded\x18\x01 \x01(\x0b\x32\x19.switchman.v1.ReplayPoint\x12)\n\x06points\x18\x02 \x03(\x0b\x32\x19.switchman.v1.ReplayPoint\x12,\n\tstrongest\x18\x03 \x01(\x0b\x32\x19.switchman.v1.ReplayPoint\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\r\n\x05since\x18\x05 \x01(\x01\x12\x0c\n\x04pool\x18\x06 \x03(\t\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x32\xb1\x02\n\rPolicyService\x12\x41\n\tGetPolicy\x12\x1e.switchman.v1.GetPolicyRequest\x1a\x14.switchman.v1.Policy\x12\x41\n\tSetPolicy\x12\x1e.switchman.v1.SetPolicyRequest\x1a\x14.switchman.v1.Policy\x12\x43\n\x07Preview\x12\x1c.switchman.v1.PreviewRequest\x1a\x1a.switchman.v1.PreviewReply\x12U\n\rReplayPreview\x12\".switchman.v1.ReplayPreviewRequest\x1a .switchman.v1.ReplayPreviewReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19switchman/v1/policy.proto\x12\x0cswitchman.v1\x1a google/protobuf/field_mask.proto\";\n\tObjective\x12\x0c\n\x04\x63ost\x18\x01 \x01(\x01\x12\x0f\n\x07quality\x18\x02 \x01(\x01\x12\x0f\n\x07latency\x18\x03 \x01(\x01\"e\n\x04Rule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmatch_model\x18\x02 \x01(\t\x12\x14\n\x0cmatch_client\x18\x03 \x01(\t\x12\x12\n\nmatch_role\x18\x04 \x01(\t\x12\x10\n\x08route_to\x18\x05 \x01(\t\"\x1b\n\tModelList\x12\x0e\n\x06models\x18\x01 \x03(\t\"I\n\x07\x43\x61scade\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x15\n\rquality_floor\x18\x02 \x01(\x01\x12\x16\n\x0emax_cost_ratio\x18\x03 \x01(\x01\"\xb5\x02\n\x06Policy\x12*\n\tobjective\x18\x01 \x01(\x0b\x32\x17.switchman.v1.Objective\x12!\n\x05rules\x18\x02 \x03(\x0b\x32\x12.switchman.v1.Rule\x12\x36\n\tfallbacks\x18\x03 \x03(\x0b\x32#.switchman.v1.Policy.FallbacksEntry\x12\x1e\n\x16honour_requested_model\x18\x04 \x01(\x08\x12&\n\x07\x63\x61scade\x18\x05 \x01(\x0b\x32\x15.switchman.v1.Cascade\x12\x11\n\tkeepalive\x18\x06 \x01(\x08\x1aI\n\x0e\x46\x61llbacksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.switchman.v1.ModelList:\x02\x38\x01\"\x12\n\x10GetPolicyRequest\"i\n\x10SetPolicyRequest\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.switchman.v1.Policy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xa6\x01\n\x0ePreviewRequest\x12\x17\n\x0frequested_model\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x11\n\thas_tools\x18\x03 \x01(\x08\x12\x12\n\nhas_images\x18\x04 \x01(\x08\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12*\n\tobjective\x18\x06 \x01(\x0b\x32\x17.switchman.v1.Objective\"N\n\x0cPreviewReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03how\x18\x02 \x01(\t\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\"g\n\x14ReplayPreviewRequest\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x01\x12+\n\nobjectives\x18\x02 \x03(\x0b\x32\x17.switchman.v1.Objective\x12\x14\n\x0cmax_requests\x18\x03 \x01(\x05\"\xd9\x01\n\x0bReplayPoint\x12*\n\tobjective\x18\x01 \x01(\x0b\x32\x17.switchman.v1.Objective\x12\x10\n\x08\x63ost_usd\x18\x02 \x01(\x01\x12\x0f\n\x07quality\x18\x03 \x01(\x01\x12\x16\n\x0equality_source\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x05 \x01(\x01\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x19\n\x11\x62\x61seline_cost_usd\x18\x07 \x01(\x01\x12\x0f\n\x07\x63urrent\x18\x08 \x01(\x08\x12\r\n\x05label\x18\t \x01(\t\"\xd8\x01\n\x12ReplayPreviewReply\x12+\n\x08recorded\x18\x01 \x01(\x0b\x32\x19.switchman.v1.ReplayPoint\x12)\n\x06points\x18\x02 \x03(\x0b\x32\x19.switchman.v1.ReplayPoint\x12,\n\tstrongest\x18\x03 \x01(\x0b\x32\x19.switchman.v1.ReplayPoint\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\r\n\x05since\x18\x05 \x01(\x01\x12\x0c\n\x04pool\x18\x06 \x03(\t\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x32\xb1\x02\n\rPolicyService\x12\x41\n\tGetPolicy\x12\x1e.switchman.v1.GetPolicyRequest\x1a\x14.switchman.v1.Policy\x12\x41\n\tSetPolicy\x12\x1e.switchman.v1.SetPolicyRequest\x1a\x14.switchman.v1.Policy\x12\x43\n\x07Preview\x12\x1c.switchman.v1.PreviewRequest\x1a\x1a.switchman.v1.PreviewReply\x12U\n\rReplayPreview\x12\".switchman.v1.ReplayPreviewRequest\x1a .switchman.v1.ReplayPreviewReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,24 +40,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RULE']._serialized_end=239
   _globals['_MODELLIST']._serialized_start=241
   _globals['_MODELLIST']._serialized_end=268
-  _globals['_POLICY']._serialized_start=271
-  _globals['_POLICY']._serialized_end=521
-  _globals['_POLICY_FALLBACKSENTRY']._serialized_start=448
-  _globals['_POLICY_FALLBACKSENTRY']._serialized_end=521
-  _globals['_GETPOLICYREQUEST']._serialized_start=523
-  _globals['_GETPOLICYREQUEST']._serialized_end=541
-  _globals['_SETPOLICYREQUEST']._serialized_start=543
-  _globals['_SETPOLICYREQUEST']._serialized_end=648
-  _globals['_PREVIEWREQUEST']._serialized_start=651
-  _globals['_PREVIEWREQUEST']._serialized_end=817
-  _globals['_PREVIEWREPLY']._serialized_start=819
-  _globals['_PREVIEWREPLY']._serialized_end=897
-  _globals['_REPLAYPREVIEWREQUEST']._serialized_start=899
-  _globals['_REPLAYPREVIEWREQUEST']._serialized_end=1002
-  _globals['_REPLAYPOINT']._serialized_start=1005
-  _globals['_REPLAYPOINT']._serialized_end=1222
-  _globals['_REPLAYPREVIEWREPLY']._serialized_start=1225
-  _globals['_REPLAYPREVIEWREPLY']._serialized_end=1441
-  _globals['_POLICYSERVICE']._serialized_start=1444
-  _globals['_POLICYSERVICE']._serialized_end=1749
+  _globals['_CASCADE']._serialized_start=270
+  _globals['_CASCADE']._serialized_end=343
+  _globals['_POLICY']._serialized_start=346
+  _globals['_POLICY']._serialized_end=655
+  _globals['_POLICY_FALLBACKSENTRY']._serialized_start=582
+  _globals['_POLICY_FALLBACKSENTRY']._serialized_end=655
+  _globals['_GETPOLICYREQUEST']._serialized_start=657
+  _globals['_GETPOLICYREQUEST']._serialized_end=675
+  _globals['_SETPOLICYREQUEST']._serialized_start=677
+  _globals['_SETPOLICYREQUEST']._serialized_end=782
+  _globals['_PREVIEWREQUEST']._serialized_start=785
+  _globals['_PREVIEWREQUEST']._serialized_end=951
+  _globals['_PREVIEWREPLY']._serialized_start=953
+  _globals['_PREVIEWREPLY']._serialized_end=1031
+  _globals['_REPLAYPREVIEWREQUEST']._serialized_start=1033
+  _globals['_REPLAYPREVIEWREQUEST']._serialized_end=1136
+  _globals['_REPLAYPOINT']._serialized_start=1139
+  _globals['_REPLAYPOINT']._serialized_end=1356
+  _globals['_REPLAYPREVIEWREPLY']._serialized_start=1359
+  _globals['_REPLAYPREVIEWREPLY']._serialized_end=1575
+  _globals['_POLICYSERVICE']._serialized_start=1578
+  _globals['_POLICYSERVICE']._serialized_end=1883
 # @@protoc_insertion_point(module_scope)

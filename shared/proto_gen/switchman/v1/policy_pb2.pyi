@@ -106,6 +106,37 @@ class ModelList(_message.Message):
 Global___ModelList: _TypeAlias = ModelList  # noqa: Y015
 
 @_typing.final
+class Cascade(_message.Message):
+    """The opt-in cascade for non-streaming requests ([routing.cascade]): the
+    cheapest capable model answers first; a failed answer escalates.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    QUALITY_FLOOR_FIELD_NUMBER: _builtins.int
+    MAX_COST_RATIO_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    quality_floor: _builtins.float
+    """0..1: cheap models predicted below it are not tried"""
+    max_cost_ratio: _builtins.float
+    """(0, 1]: try only if the cheap cost <= ratio * chosen cost"""
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        quality_floor: _builtins.float = ...,
+        max_cost_ratio: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "max_cost_ratio", b"max_cost_ratio", "quality_floor", b"quality_floor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cascade: _TypeAlias = Cascade  # noqa: Y015
+
+@_typing.final
 class Policy(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -134,7 +165,13 @@ class Policy(_message.Message):
     RULES_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
     HONOUR_REQUESTED_MODEL_FIELD_NUMBER: _builtins.int
+    CASCADE_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_FIELD_NUMBER: _builtins.int
     honour_requested_model: _builtins.bool
+    keepalive: _builtins.bool
+    """Cache keep-alive ([routing] keepalive): refresh idle sessions' prompt caches
+    just before they expire when the expected saving beats the refresh.
+    """
     @_builtins.property
     def objective(self) -> Global___Objective: ...
     @_builtins.property
@@ -143,6 +180,8 @@ class Policy(_message.Message):
     def fallbacks(self) -> _containers.MessageMap[_builtins.str, Global___ModelList]:
         """model -> fallbacks in order"""
 
+    @_builtins.property
+    def cascade(self) -> Global___Cascade: ...
     def __init__(
         self,
         *,
@@ -150,10 +189,12 @@ class Policy(_message.Message):
         rules: _abc.Iterable[Global___Rule] | None = ...,
         fallbacks: _abc.Mapping[_builtins.str, Global___ModelList] | None = ...,
         honour_requested_model: _builtins.bool = ...,
+        cascade: Global___Cascade | None = ...,
+        keepalive: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["objective", b"objective"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cascade", b"cascade", "objective", b"objective"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fallbacks", b"fallbacks", "honour_requested_model", b"honour_requested_model", "objective", b"objective", "rules", b"rules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cascade", b"cascade", "fallbacks", b"fallbacks", "honour_requested_model", b"honour_requested_model", "keepalive", b"keepalive", "objective", b"objective", "rules", b"rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,7 +226,9 @@ class SetPolicyRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Paths to change: "objective" or "objective.cost|quality|latency",
-        "rules", "fallbacks", "honour_requested_model". Empty = all of them.
+        "rules", "fallbacks", "honour_requested_model", "cascade" or
+        "cascade.enabled|quality_floor|max_cost_ratio", "keepalive".
+        Empty = all of them (a full replace: send what GetPolicy returned).
         """
 
     def __init__(
