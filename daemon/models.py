@@ -51,6 +51,16 @@ class ModelRegistry:
             if mc.provider not in config.providers:
                 raise ValueError(f"model {name!r}: unknown provider {mc.provider!r}")
             upstream = mc.upstream_id or name
+            seen = {(mc.provider, upstream)}
+            for i, dep in enumerate(mc.deployments or (), 1):
+                if dep.provider not in config.providers:
+                    raise ValueError(f"model {name!r}: deployment {i}: unknown provider "
+                                     f"{dep.provider!r}")
+                where = (dep.provider, dep.upstream_id or upstream)
+                if where in seen:
+                    raise ValueError(f"model {name!r}: deployment {i}: {where[1]!r} on "
+                                     f"{where[0]!r} is listed twice")
+                seen.add(where)
             cat: CatalogModel | None = catalog.get(mc.catalog or upstream) or catalog.get(name)
 
             def pick(field: str, _mc=mc, _cat=cat, _name=name):

@@ -62,6 +62,10 @@ class ProviderConfig(BaseModel):
     # Wire formats this upstream speaks; defaults by kind.
     formats: list[Literal["anthropic", "chat", "responses"]] | None = None
     max_connections: int = 256
+    # Requests in flight to this provider at once (a stream holds its slot to
+    # the end); unset = unlimited. At the limit a request goes to its next
+    # candidate on another provider, else waits up to [routing] queue_timeout_s.
+    max_concurrency: int | None = Field(None, ge=1)
 
     def wire_formats(self) -> list[str]:
         if self.formats:
@@ -71,6 +75,18 @@ class ProviderConfig(BaseModel):
             "openai": ["responses", "chat"],
             "openai-compatible": ["chat"],
         }[self.kind]
+
+
+class DeploymentConfig(BaseModel):
+    """One more place serving a model (same weights, the model's prices and
+    quality): e.g. the model's own provider plus an OpenRouter route."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: str
+    # What this provider calls the model (default: the model's own upstream id).
+    upstream_id: str | None = None
+    # Share of cache sessions sent here, relative to the other deployments' weights.
+    weight: float = Field(1.0, gt=0)
 
 
 class ModelConfig(BaseModel):
@@ -94,6 +110,15 @@ class ModelConfig(BaseModel):
     vision: bool | None = None
     thinking: bool | None = None
     quality: float | None = None
+    # Deployments: the model's own provider/upstream_id is the first (weight
+    # ``weight``, default 1); ``deployments`` adds more. Each cache session
+    # sticks to one of them (weighted rendezvous hashing); the others are its
+    # first fallbacks.
+    weight: float | None = Field(None, gt=0)
+    deployments: list[DeploymentConfig] | None = None
+    # Give up on an upstream whose first byte takes longer than this and fall
+    # back (overrides [routing] first_byte_timeout_s for this model).
+    first_byte_timeout_s: float | None = Field(None, gt=0)
 
 
 class PoolConfig(BaseModel):
@@ -188,6 +213,21 @@ class RoutingConfig(BaseModel):
     rules: list[RoutingRule] = Field(default_factory=list)
     semantic: list[SemanticRoute] = Field(default_factory=list)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    # Cooldown: a deployment (model on one provider) failing with 429/5xx/a
+    # timeout/a connection error ``cooldown_failures`` times within
+    # ``cooldown_window_s`` is skipped by new requests for ``cooldown_s`` (a
+    # 429/503/529 with Retry-After: for that long). 0 failures = off. A
+    # cooling deployment is still tried when nothing else is left.
+    cooldown_failures: int = Field(3, ge=0)
+    cooldown_window_s: float = Field(60.0, gt=0)
+    cooldown_s: float = Field(30.0, ge=0)
+    # Latency fallback: an upstream whose first byte (headers, or a stream's
+    # first event) takes longer is abandoned for the next candidate, before
+    # anything reaches the client. Unset = off; per model first_byte_timeout_s.
+    first_byte_timeout_s: float | None = Field(None, gt=0)
+    # How long a request waits for a slot when every candidate's provider is
+    # at its max_concurrency, before an overloaded error.
+    queue_timeout_s: float = Field(10.0, ge=0)
     # Refresh an idle session's prompt cache just before it expires when the
     # expected saving beats the refresh (daemon/routing/keepalive.py; sent by
     # daemon/keepalive_runner.py, simulated by `switchman eval` and the replay).

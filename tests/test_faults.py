@@ -93,6 +93,8 @@ catalog = "gpt-4o"
 [models.dead-model]
 provider = "dead"
 catalog = "gpt-4o"
+[routing]
+cooldown_failures = 0  # every case sees the full retry and fallback sequence
 [routing.fallbacks]
 fault-a = ["fault-b", "{HEALTHY}"]
 solo-an = []

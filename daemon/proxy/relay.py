@@ -36,6 +36,8 @@ from switchman_daemon.protocol.ir import (
 )
 from switchman_daemon.protocol.sse import SSEParser, encode_event
 from switchman_daemon.providers.upstream import Upstream
+from switchman_daemon.proxy.failover import Failover
+from switchman_daemon.proxy.first_byte import FirstByteGuard
 from switchman_daemon.proxy.flow import Flow
 from switchman_daemon.routing.switching import strip_reasoning
 
@@ -122,6 +124,8 @@ class Relay:
     def __init__(self, ctx: DaemonContext) -> None:
         self.ctx = ctx
         self.settings = ctx.config.daemon
+        # deployments, cooldowns, concurrency limits, first-byte bounds
+        self.failover = Failover()
 
     # -- body preparation ---------------------------------------------------
 
@@ -179,6 +183,9 @@ class Relay:
         that made its history (so provider-bound reasoning must go)?"""
         if flow.attempts > 0 and flow.decision is not None and model is not flow.decision.model:
             return True  # a fallback
+        pref = flow.notes.get("session_deployment")
+        if pref is not None and model.name == pref.name and model is not pref:
+            return True  # another provider's deployment: its reasoning signatures differ
         prev = flow.decision.previous_model if flow.decision is not None else None
         return prev is not None and prev != model.name
 
@@ -188,44 +195,89 @@ class Relay:
         self, request: web.Request, flow: Flow, body: dict[str, Any], raw: bytes
     ) -> web.StreamResponse:
         assert flow.decision is not None
-        candidates = [flow.decision.model, *flow.decision.fallbacks]
+        fo = self.failover
+        if fo.config is not self.ctx.config:
+            fo.refresh(self.ctx)
+        candidates = fo.candidates(flow)
+        limits = fo.limits.by_provider
         ir_cache: list[ChatRequest] = []
         last: _Failure | None = None
         deadline = time.monotonic() + max(self.settings.retry_max_wait_s * 3, 1.0)
-        for i, model in enumerate(candidates):
-            up = self.ctx.upstreams[model.provider]
-            formats = up.formats()
-            up_fmt = flow.client_format if flow.client_format in formats else formats[0]
-            flow.notes["upstream_kind"] = up.kind
-            try:
-                data = self._body_for(flow, body, raw, model, up_fmt, ir_cache)
-            except orjson.JSONEncodeError as e:
-                # orjson reads 1024 nesting levels but writes only 255: a body it
-                # parsed may not re-encode. The client's fault, not a 500.
-                raise ApiError(ErrorKind.invalid_request,
-                               f"request body cannot be re-encoded: {e}") from None
-            headers = up.headers(up_fmt, request.headers if up_fmt == flow.client_format
-                                 or up_fmt == "anthropic" else None)
-            if i > 0:
-                flow.decision.reasons.append(
-                    f"fell back to {model.name}: {last.err.message if last else 'error'}"
-                )
-            for attempt in range(self.settings.max_retries + 1):
-                flow.attempts += 1
+        waiting: list[ModelInfo] = []  # candidates whose provider was at its limit
+        tried = False
+        i = 0
+        while True:
+            held = None
+            if i < len(candidates):
+                model = candidates[i]
+                i += 1
+                if limits:
+                    held = limits.get(model.provider)
+                    if held is not None and not held.try_acquire():
+                        waiting.append(model)
+                        fo.full(flow, model)
+                        continue
+            elif waiting:
+                got = await fo.wait_for_slot(flow, waiting)
+                if got is None:
+                    break
+                model, held = got
+            else:
+                break
+            try:  # the slot (if any) is held to the end of the attempt, streams included
+                up = self.ctx.upstreams[model.provider]
+                formats = up.formats()
+                up_fmt = flow.client_format if flow.client_format in formats else formats[0]
+                flow.notes["upstream_kind"] = up.kind
                 try:
-                    return await self._attempt(request, flow, up, up_fmt, model, data, headers)
-                except _Failure as f:
-                    last = f
-                    if attempt >= self.settings.max_retries or time.monotonic() > deadline:
-                        break
-                    wait = f.err.retry_after
-                    if wait is None:
-                        wait = 0.25 * (2**attempt) * (0.5 + random.random())
-                    wait = min(wait, self.settings.retry_max_wait_s)
-                    if time.monotonic() + wait > deadline:
-                        break
-                    await asyncio.sleep(wait)
-        assert last is not None
+                    data = self._body_for(flow, body, raw, model, up_fmt, ir_cache)
+                except orjson.JSONEncodeError as e:
+                    # orjson reads 1024 nesting levels but writes only 255: a body it
+                    # parsed may not re-encode. The client's fault, not a 500.
+                    raise ApiError(ErrorKind.invalid_request,
+                                   f"request body cannot be re-encoded: {e}") from None
+                headers = up.headers(up_fmt, request.headers if up_fmt == flow.client_format
+                                     or up_fmt == "anthropic" else None)
+                if tried:
+                    flow.decision.reasons.append(f"fell back to {fo.name(model)}: "
+                                   f"{last.err.message if last else 'error'}")
+                tried = True
+                more = i < len(candidates) or bool(waiting)
+                # a first-byte bound only where there is somewhere else to go
+                bound = fo.bound(model) if more else None
+                for attempt in range(self.settings.max_retries + 1):
+                    flow.attempts += 1
+                    try:
+                        if bound is None:
+                            resp = await self._attempt(request, flow, up, up_fmt, model, data,
+                                                       headers)
+                        else:
+                            resp = await self._attempt_bounded(request, flow, up, up_fmt, model,
+                                                               data, headers, bound)
+                    except _Failure as f:
+                        last = f
+                        # counts toward a cooldown for new requests; this one still
+                        # retries (a short wait beats another model's cold cache)
+                        fo.failed(model, f.err)
+                        if f.err.code == "first_byte_timeout":
+                            break  # too slow: the next candidate now
+                        if attempt >= self.settings.max_retries or time.monotonic() > deadline:
+                            break
+                        wait = f.err.retry_after
+                        if wait is None:
+                            wait = 0.25 * (2**attempt) * (0.5 + random.random())
+                        wait = min(wait, self.settings.retry_max_wait_s)
+                        if time.monotonic() + wait > deadline:
+                            break
+                        await asyncio.sleep(wait)
+                    else:
+                        fo.succeeded(model)
+                        return resp
+            finally:
+                if held is not None:
+                    held.release()
+        if last is None:  # never got a slot on any candidate's provider
+            return self._final_error(flow, _Failure(fo.overloaded(flow.client_format, waiting)))
         return self._final_error(flow, last)
 
     def _final_error(self, flow: Flow, f: _Failure) -> web.Response:
@@ -246,6 +298,32 @@ class Relay:
                                 content_type="application/json", headers=headers)
         return error_response(fmt, err, flow.id)
 
+    async def _attempt_bounded(
+        self,
+        request: web.Request,
+        flow: Flow,
+        up: Upstream,
+        up_fmt: str,
+        model: ModelInfo,
+        data: bytes,
+        headers: dict[str, str],
+        bound: float,
+    ) -> web.StreamResponse:
+        """``_attempt`` abandoned (a ``_Failure``) if the upstream's first body
+        byte is not in within ``bound`` seconds (latency fallback)."""
+        guard = FirstByteGuard(bound)
+        try:
+            return await self._attempt(request, flow, up, up_fmt, model, data, headers, guard)
+        except asyncio.CancelledError:
+            if guard.expired():
+                raise _Failure(ApiError(
+                    ErrorKind.timeout, f"upstream {up.name} sent no first byte within "
+                    f"{bound:g}s (first_byte_timeout_s)",
+                    code="first_byte_timeout")) from None
+            raise
+        finally:
+            guard.disarm()
+
     async def _attempt(
         self,
         request: web.Request,
@@ -255,6 +333,7 @@ class Relay:
         model: ModelInfo,
         data: bytes,
         headers: dict[str, str],
+        guard: FirstByteGuard | None = None,
     ) -> web.StreamResponse:
         if self.ctx.config.routing.keepalive:  # what a cache keep-alive replays
             flow.notes["upstream_sent"] = (data, headers)
@@ -267,6 +346,8 @@ class Relay:
             raise _Failure(ApiError(
                 ErrorKind.upstream_unavailable,
                 f"upstream {up.name} unreachable: {type(e).__name__}")) from None
+        if guard is not None:
+            guard.response = uresp
         try:
             if uresp.status != 200:
                 try:

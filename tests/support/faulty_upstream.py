@@ -21,8 +21,14 @@ KIND is one of ``FAULTS``:
 - ``truncated``      a few events, then a clean EOF with no terminal event
 - ``html``           200 ``text/html`` (a captive portal or a misrouted proxy)
 - ``no-usage``       a complete, normal answer without any usage fields
+- ``hold``           no response until the test calls ``release`` (or ``SLOW_S``), then a
+                     normal answer
+- ``hold-mid``       a stream's first events, then nothing until ``release``, then the rest
+- ``late``           a normal answer whose body (a stream's first event) comes ``LATE_S`` late
+- ``pause-mid``      a stream's first events, a pause of ``LATE_S``, then the rest
 
-Every request is appended to ``app[CALLS]`` as ``(path, model, kind)``.
+Every request is appended to ``app[CALLS]`` as ``(path, model, kind)``; requests
+waiting in a hold are in ``app[HOLDS]`` until released.
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ from aiohttp import web
 
 FAULTS = ("ok", "slow-headers", "slow-body", "429", "429-ra", "500", "502", "503", "529",
           "502-html", "400-html", "reset-before", "reset-mid", "malformed", "truncated", "html",
-          "no-usage")
+          "no-usage", "hold", "hold-mid", "late", "pause-mid")
 SLOW_S = 5.0  # longer than any read timeout the tests configure
+LATE_S = 0.8  # longer than the first-byte bounds the tests configure
 CALLS: web.AppKey[list[tuple[str, str, str]]] = web.AppKey("faulty_calls", list)
+HOLDS: web.AppKey[list[asyncio.Future[None]]] = web.AppKey("faulty_holds", list)
 
 # usage the tests check for; input side arrives first (message_start) on Anthropic
 AN_INPUT, AN_CACHE_READ, AN_OUTPUT = 120, 30, 17
@@ -144,6 +152,29 @@ async def _stall(request: web.Request) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _hold(request: web.Request) -> None:
+    """Wait until ``release`` (or ``SLOW_S``, or the client gives up)."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    holds = request.app[HOLDS]
+    holds.append(fut)
+    try:
+        for _ in range(int(SLOW_S / 0.02)):
+            t = request.transport
+            if fut.done() or t is None or t.is_closing():
+                return
+            await asyncio.sleep(0.02)
+    finally:
+        holds.remove(fut)
+
+
+def release(app: web.Application) -> None:
+    """Let every held request go on; call on the app's loop
+    (``loop.call_soon_threadsafe(release, app)``)."""
+    for f in app[HOLDS]:
+        if not f.done():
+            f.set_result(None)
+
+
 def _reset(request: web.Request) -> None:
     """Close with RST (SO_LINGER 0), not FIN: what a crashed middlebox does."""
     transport = request.transport
@@ -168,6 +199,10 @@ async def _handle(request: web.Request, anthropic: bool) -> web.StreamResponse:
 
     if kind == "slow-headers":
         await _stall(request)
+    if kind == "hold":
+        await _hold(request)
+    if kind == "late" and not stream:
+        await asyncio.sleep(LATE_S)
     if kind in ("429", "429-ra", "500", "502", "503", "529"):
         status = int(kind[:3])
         headers = {"retry-after": "1"} if kind == "429-ra" else {}
@@ -203,6 +238,15 @@ async def _handle(request: web.Request, anthropic: bool) -> web.StreamResponse:
     await resp.prepare(request)
     if kind == "slow-body":
         await _stall(request)
+    if kind == "late":
+        await asyncio.sleep(LATE_S)
+    if kind in ("hold-mid", "pause-mid"):
+        await resp.write(b"".join(events[:3]))
+        if kind == "hold-mid":
+            await _hold(request)
+        else:
+            await asyncio.sleep(LATE_S)
+        events = events[3:]
     if kind in ("reset-mid", "truncated"):
         await resp.write(b"".join(events[:3]))
         await asyncio.sleep(0.02)  # the first events reach the client first
@@ -236,6 +280,7 @@ def make_app() -> web.Application:
     """The fake provider; run it with ``tests.support.running.RunningApp``."""
     app = web.Application()
     app[CALLS] = []
+    app[HOLDS] = []
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_post("/v1/messages", _messages)
     return app
